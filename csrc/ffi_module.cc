@@ -1,0 +1,46 @@
+// nanobind module `_jax_fpx`: exposes the FFI handlers as capsules. Nothing else.
+#include <nanobind/nanobind.h>
+
+#include "cpu/linear_cpu.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+namespace nb = nanobind;
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFpxLinearCpu, jax_fpx::LinearCpu,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()  // x
+                                  .Arg<ffi::AnyBuffer>()  // data
+                                  .Arg<ffi::AnyBuffer>()  // scale
+                                  .Arg<ffi::AnyBuffer>()  // bias
+                                  .Ret<ffi::AnyBuffer>()  // y
+                                  .Ret<ffi::AnyBuffer>()  // workspace
+                                  .Attr<int32_t>("ebits")
+                                  .Attr<int32_t>("mbits")
+                                  .Attr<int32_t>("in_features")
+                                  .Attr<int32_t>("out_features")
+                                  .Attr<int32_t>("group_size")
+                                  .Attr<int32_t>("split_k"));
+
+#ifdef JAX_FPX_WITH_CUDA
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxFpxLinearCuda);  // csrc/cuda/fpx_gemm.cu
+#endif
+
+NB_MODULE(_jax_fpx, m) {
+  m.def("registrations", []() {
+    nb::dict d;
+    d["jax_fpx_linear_cpu"] = nb::capsule(reinterpret_cast<void*>(JaxFpxLinearCpu));
+#ifdef JAX_FPX_WITH_CUDA
+    d["jax_fpx_linear_cuda"] = nb::capsule(reinterpret_cast<void*>(JaxFpxLinearCuda));
+#endif
+    return d;
+  });
+  m.def("cuda_enabled", []() {
+#ifdef JAX_FPX_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+  });
+  m.attr("layout_version") = 1;
+}

@@ -1,0 +1,35 @@
+"""Which implementation runs where: kernel vs dequantize + XLA dot, and the split-K budget.
+
+Thresholds come from measurements; each names the measurement it comes from.
+"""
+
+from __future__ import annotations
+
+from .formats import FPxFormat
+
+# Largest number of rows M (tokens) for which the CUDA kernel runs under impl="auto";
+# above it jax_fpx.linear dequantizes and calls XLA's dot. Placeholder until measured.
+GPU_KERNEL_MAX_M = 256
+
+# Split-K workspace budget (bytes of float32 partials) reserved per call.
+WORKSPACE_BUDGET_BYTES = 64 << 20
+MAX_SPLIT_K = 32
+
+
+def gpu_kernel_supports(fmt: FPxFormat, fp16: bool) -> bool:
+    """Formats the CUDA kernel decodes: the exponent/mantissa must fit the activation type."""
+    if fp16:
+        return fmt.ebits <= 5 and fmt.mbits <= 10
+    return fmt.ebits <= 8 and fmt.mbits <= 7
+
+
+def max_split_k(m: int, n_pad: int, k_blocks: int) -> int:
+    """Most K splits the workspace holds for an (m x n_pad) output."""
+    fit = WORKSPACE_BUDGET_BYTES // max(1, 4 * m * n_pad)
+    return int(max(1, min(MAX_SPLIT_K, k_blocks, fit)))
+
+
+def workspace_elems(m: int, n_pad: int, k_blocks: int, split_k: int | None) -> int:
+    """float32 elements of split-K workspace to give the CUDA handler."""
+    s = max_split_k(m, n_pad, k_blocks) if split_k is None else split_k
+    return max(1, s * m * n_pad) if s > 1 else 1

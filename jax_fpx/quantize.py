@@ -1,0 +1,197 @@
+"""Pure-JAX quantize / pack / unpack / dequantize (jit-able; fast on GPU).
+
+Encoding is round-to-nearest-even with saturation to the format's largest finite value,
+computed exactly in float32 with power-of-two scalings. The bit packing follows the
+layout documented in :mod:`jax_fpx.layout`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import layout
+from .formats import FormatLike, FPxFormat, get_format
+from .weight import FPxWeight
+
+__all__ = ["quantize", "dequantize", "encode", "decode", "pack", "unpack"]
+
+_FLOAT_KERNEL_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
+
+
+def encode(v: jax.Array, fmt: FPxFormat) -> jax.Array:
+    """float values -> uint32 codes (RNE, saturating). NaN encodes as 0 (callers reject it)."""
+    v = jnp.asarray(v, jnp.float32)
+    a = jnp.minimum(jnp.abs(v), fmt.max_value)
+    a = jnp.where(jnp.isnan(a), 0.0, a)
+    _, ex = jnp.frexp(a)  # a = f * 2**ex, f in [0.5, 1)
+    e = jnp.maximum(ex - 1, fmt.min_normal_exp)  # binade (subnormals share the lowest)
+    step_exp = e - fmt.mbits
+    r = jnp.ldexp(jnp.round(jnp.ldexp(a, -step_exp)), step_exp)  # exact: power-of-two scaling
+    r = jnp.minimum(r, fmt.max_value)
+    _, rex = jnp.frexp(r)
+    big_e = jnp.where(r >= 2.0**fmt.min_normal_exp, rex - 1 + fmt.bias, 0)
+    unit_exp = jnp.where(big_e == 0, fmt.min_normal_exp, big_e - fmt.bias) - fmt.mbits
+    mant = jnp.ldexp(r, -unit_exp).astype(jnp.uint32) - jnp.where(big_e == 0, 0, 2**fmt.mbits).astype(jnp.uint32)
+    sign = jnp.signbit(v).astype(jnp.uint32)
+    return (sign << (fmt.bits - 1)) | (big_e.astype(jnp.uint32) << fmt.mbits) | mant
+
+
+def decode(codes: jax.Array, fmt: FPxFormat) -> jax.Array:
+    """uint32 codes -> float32 values (exact)."""
+    codes = jnp.asarray(codes, jnp.uint32)
+    big_e = ((codes >> fmt.mbits) & (2**fmt.ebits - 1)).astype(jnp.int32)
+    mant = (codes & (2**fmt.mbits - 1)).astype(jnp.int32)
+    sig = jnp.where(big_e == 0, mant, mant + 2**fmt.mbits).astype(jnp.float32)
+    unit_exp = jnp.where(big_e == 0, fmt.min_normal_exp, big_e - fmt.bias) - fmt.mbits
+    mag = jnp.ldexp(sig, unit_exp)
+    return jnp.where((codes >> (fmt.bits - 1)) & 1 == 1, -mag, mag)
+
+
+# --- bit packing ------------------------------------------------------------------------
+def _to_lanes(codes: jax.Array) -> jax.Array:
+    """[..., N_pad, K_pad] codes -> [..., NT, KB, 32 lanes, 8 quads, 4 bytes] (layout order)."""
+    *lead, n_pad, k_pad = codes.shape
+    nt, kb = n_pad // layout.ROW_TILE, k_pad // layout.K_BLOCK
+    nl = len(lead)
+    # rows = nt*16 + rb*8 + g ; k = kb*64 + t*16 + z*2 + h
+    c = codes.reshape(*lead, nt, 2, 8, kb, 4, 8, 2)
+    i = list(range(nl))
+    c = c.transpose(*i, nl + 0, nl + 3, nl + 2, nl + 4, nl + 5, nl + 1, nl + 6)  # nt, kb, g, t, z, rb, h
+    return c.reshape(*lead, nt, kb, layout.LANES, 8, 4)
+
+
+def _from_lanes(lanes: jax.Array) -> jax.Array:
+    *lead, nt, kb, _, _, _ = lanes.shape
+    nl = len(lead)
+    c = lanes.reshape(*lead, nt, kb, 8, 4, 8, 2, 2)  # nt, kb, g, t, z, rb, h
+    i = list(range(nl))
+    c = c.transpose(*i, nl + 0, nl + 5, nl + 2, nl + 1, nl + 3, nl + 4, nl + 6)  # nt, rb, g, kb, t, z, h
+    return c.reshape(*lead, nt * layout.ROW_TILE, kb * layout.K_BLOCK)
+
+
+def _slot_shifts(p: int) -> np.ndarray:
+    """[Q, 4] bit position of the value at (slot r, byte beta) inside a part word."""
+    q = 8 // p
+    r = np.arange(q)[:, None]
+    beta = np.arange(4)[None, :]
+    return (8 * beta + 8 - p - p * r).astype(np.uint32)
+
+
+def pack(codes: jax.Array, bits: int) -> jax.Array:
+    """uint32 codes ``[..., N_pad, K_pad]`` -> packed data ``[..., N_pad/16, K_pad/64, 32*bits]``."""
+    lanes = _to_lanes(jnp.asarray(codes, jnp.uint32))  # [..., NT, KB, 32, 8, 4]
+    lead = lanes.shape[:-3]
+    words = []
+    for off, p in layout.parts_for_bits(bits):
+        q = 8 // p
+        part = (lanes >> (bits - off - p)) & (2**p - 1)
+        part = part.reshape(*lead, layout.LANES, p, q, 4) << _slot_shifts(p)
+        words.append(part.sum(axis=(-2, -1), dtype=jnp.uint32).reshape(*lead, layout.LANES * p))
+    return jnp.concatenate(words, axis=-1)
+
+
+def unpack(data: jax.Array, bits: int) -> jax.Array:
+    """Inverse of :func:`pack`: ``[..., NT, KB, 32*bits]`` -> codes ``[..., N_pad, K_pad]``."""
+    data = jnp.asarray(data, jnp.uint32)
+    lead = data.shape[:-1]
+    codes = jnp.zeros((*lead, layout.LANES, 8, 4), jnp.uint32)
+    start = 0
+    for off, p in layout.parts_for_bits(bits):
+        q = 8 // p
+        w = data[..., start : start + layout.LANES * p].reshape(*lead, layout.LANES, p, 1, 1)
+        vals = (w >> _slot_shifts(p)) & (2**p - 1)  # [..., 32, p, Q, 4]
+        codes = codes | (vals.reshape(*lead, layout.LANES, 8, 4) << (bits - off - p))
+        start += layout.LANES * p
+    return _from_lanes(codes)
+
+
+# --- quantize / dequantize ---------------------------------------------------------------
+def _scales(wt: jax.Array, fmt: FPxFormat, group_size: Optional[int]) -> jax.Array:
+    """wt [..., N_pad, K_pad] f32 -> scale [..., N_pad, G] f32 (absmax/max; zeros -> 1; non-finite -> NaN)."""
+    *lead, n_pad, k_pad = wt.shape
+    g = k_pad if group_size is None else group_size
+    grouped = wt.reshape(*lead, n_pad, k_pad // g, g)
+    amax = jnp.max(jnp.abs(grouped), axis=-1)
+    finite = jnp.all(jnp.isfinite(grouped), axis=-1)
+    scale = jnp.where(amax > 0, amax / fmt.max_value, 1.0)
+    return jnp.where(finite, scale, jnp.nan).astype(jnp.float32)
+
+
+def _check_group_size(group_size: Optional[int]) -> Optional[int]:
+    if group_size is None:
+        return None
+    if not isinstance(group_size, (int, np.integer)) or group_size <= 0 or group_size % layout.K_BLOCK:
+        raise ValueError(f"group_size must be None or a positive multiple of {layout.K_BLOCK}, got {group_size!r}")
+    return int(group_size)
+
+
+def quantize(kernel: jax.Array, fmt: FormatLike = "fp6_e3m2", *, group_size: Optional[int] = None) -> FPxWeight:
+    """Quantize a Flax-layout kernel to FPx.
+
+    Args:
+      kernel: ``(in_features, out_features)`` float32/bfloat16/float16 array; extra leading
+        axes (stacked layers) are kept as batch axes of the result's leaves.
+      fmt: format name (``'fp6_e3m2'`` default, ``'fp6_e2m3'``, ``'fp5_e2m2'``, ``'fp4_e2m1'``,
+        ``'e4m3'``, ...), ``(ebits, mbits)`` or :class:`FPxFormat`.
+      group_size: ``None`` for one scale per output channel, or a multiple of 64 for one
+        scale per ``group_size`` input elements of each output channel.
+
+    Returns:
+      :class:`FPxWeight` with packed ``uint32`` data and ``float32`` scales.
+
+    Rounding is to nearest, ties to even, saturating at the format's max. NaN/Inf in a
+    concrete kernel raise ``ValueError``. Under tracing (``jit``/``vmap``/Flax ``init``) the
+    check cannot run: a channel (or group) containing NaN/Inf then gets a NaN scale, so
+    every output that uses it is NaN -- visible, never silent garbage.
+    """
+    fmt = get_format(fmt)
+    group_size = _check_group_size(group_size)
+    kernel = jnp.asarray(kernel) if not isinstance(kernel, jax.Array) else kernel
+    if kernel.ndim < 2:
+        raise ValueError(f"quantize expects a kernel of shape (in_features, out_features), got shape {kernel.shape}")
+    if kernel.dtype not in _FLOAT_KERNEL_DTYPES:
+        raise TypeError(f"quantize expects a float32/bfloat16/float16 kernel, got {kernel.dtype}")
+    if not isinstance(kernel, jax.core.Tracer):
+        bad = ~jnp.isfinite(kernel)
+        if bool(jnp.any(bad)):
+            raise ValueError(
+                f"kernel of shape {kernel.shape} contains {int(jnp.sum(bad))} NaN/Inf value(s); cannot quantize"
+            )
+    k_in, n_out = kernel.shape[-2:]
+    data, scale = _quantize_jit(kernel, fmt, group_size)
+    return FPxWeight(data, scale, fmt, (k_in, n_out), group_size)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _quantize_jit(kernel: jax.Array, fmt: FPxFormat, group_size: Optional[int]):
+    *lead, k_in, n_out = kernel.shape
+    n_pad, k_pad = layout.padded_shape(k_in, n_out, group_size)
+    wt = jnp.swapaxes(kernel.astype(jnp.float32), -1, -2)  # [..., N, K]
+    pad = [(0, 0)] * len(lead) + [(0, n_pad - n_out), (0, k_pad - k_in)]
+    wt = jnp.pad(wt, pad)
+    scale = _scales(wt, fmt, group_size)
+    g = k_pad // scale.shape[-1]
+    per_elem = jnp.repeat(scale, g, axis=-1)
+    codes = encode(jnp.where(jnp.isfinite(per_elem), wt / per_elem, 0.0), fmt)
+    return pack(codes, fmt.bits), scale
+
+
+def dequantize(w: FPxWeight, dtype=jnp.float32) -> jax.Array:
+    """Dense ``(..., in_features, out_features)`` kernel of ``w`` in ``dtype``."""
+    if not isinstance(w, FPxWeight):
+        raise TypeError(f"dequantize expects an FPxWeight, got {type(w).__name__}")
+    return _dequantize_jit(w.data, w.scale, w.fmt, w.shape, dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _dequantize_jit(data, scale, fmt, shape, dtype):
+    k_in, n_out = shape
+    vals = decode(unpack(data, fmt.bits), fmt)  # [..., N_pad, K_pad]
+    g = vals.shape[-1] // scale.shape[-1]
+    vals = vals * jnp.repeat(scale, g, axis=-1)
+    return jnp.swapaxes(vals[..., :n_out, :k_in], -1, -2).astype(dtype)

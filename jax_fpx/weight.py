@@ -1,0 +1,96 @@
+"""``FPxWeight``: a quantized Flax-layout kernel as a JAX pytree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from . import layout
+from .formats import FPxFormat
+
+__all__ = ["FPxWeight"]
+
+
+@jax.tree_util.register_pytree_with_keys_class
+class FPxWeight:
+    """A ``(in_features, out_features)`` kernel stored as packed FPx codes plus scales.
+
+    Leaves (arrays; may carry extra leading axes when weights are stacked, e.g. by
+    ``nn.scan`` or ``jax.vmap``):
+      data:  ``uint32[..., N_pad/16, K_pad/64, 32*bits]`` packed codes (see ``jax_fpx.layout``).
+      scale: ``float32[..., N_pad, K_pad/group or 1]`` per-channel / per-group scales.
+
+    Static aux data: ``fmt`` (FPxFormat), ``shape`` = logical (in_features, out_features),
+    ``group_size`` (None = one scale per output channel).
+    """
+
+    __slots__ = ("data", "scale", "fmt", "shape", "group_size")
+
+    def __init__(self, data: Any, scale: Any, fmt: FPxFormat, shape: tuple[int, int], group_size: int | None):
+        self.data = data
+        self.scale = scale
+        self.fmt = fmt
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.group_size = None if group_size is None else int(group_size)
+
+    # --- pytree -------------------------------------------------------------------------
+    def tree_flatten_with_keys(self):
+        children = ((jax.tree_util.GetAttrKey("data"), self.data), (jax.tree_util.GetAttrKey("scale"), self.scale))
+        return children, (self.fmt, self.shape, self.group_size, layout.LAYOUT_VERSION)
+
+    def tree_flatten(self):
+        return (self.data, self.scale), (self.fmt, self.shape, self.group_size, layout.LAYOUT_VERSION)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        fmt, shape, group_size, version = aux
+        if version != layout.LAYOUT_VERSION:
+            raise ValueError(f"FPxWeight packed with layout v{version}, this jax_fpx reads v{layout.LAYOUT_VERSION}")
+        obj = object.__new__(cls)
+        obj.data, obj.scale = children
+        obj.fmt, obj.shape, obj.group_size = fmt, shape, group_size
+        return obj
+
+    # --- shape helpers ------------------------------------------------------------------
+    @property
+    def in_features(self) -> int:
+        return self.shape[0]
+
+    @property
+    def out_features(self) -> int:
+        return self.shape[1]
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        """Leading axes of stacked weights (``()`` for a single matrix)."""
+        return tuple(np.shape(self.data))[:-3]
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        """(N_pad, K_pad) of the packed matrix."""
+        return layout.padded_shape(self.shape[0], self.shape[1], self.group_size)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of packed codes plus scales (what a GEMM streams from memory)."""
+        return int(np.prod(np.shape(self.data))) * 4 + int(np.prod(np.shape(self.scale))) * 4
+
+    def check(self) -> None:
+        """Raise ValueError if the leaves do not match the static metadata."""
+        ds = layout.data_shape(*self.shape, self.fmt.bits, self.group_size)
+        ss = layout.scale_shape(*self.shape, self.group_size)
+        dshape, sshape = tuple(np.shape(self.data)), tuple(np.shape(self.scale))
+        if dshape[-3:] != ds or sshape[-2:] != ss or dshape[:-3] != sshape[:-2]:
+            raise ValueError(
+                f"FPxWeight leaves do not match its metadata: data {dshape} (want [...]+{ds}), "
+                f"scale {sshape} (want [...]+{ss}) for {self}"
+            )
+        if np.dtype(self.data.dtype) != np.uint32 or np.dtype(self.scale.dtype) != np.float32:
+            raise ValueError(f"FPxWeight wants uint32 data and float32 scale, got {self.data.dtype}, {self.scale.dtype}")
+
+    def __repr__(self) -> str:
+        g = "per-channel" if self.group_size is None else f"group={self.group_size}"
+        b = f", batch={self.batch_shape}" if self.batch_shape else ""
+        return f"FPxWeight({self.fmt.name}, in={self.shape[0]}, out={self.shape[1]}, {g}{b})"
