@@ -1,0 +1,25 @@
+"""Flax integration of jax_fpx.
+
+linen:
+  ``FPxDense`` / ``FPxDenseGeneral``: drop-ins for ``nn.Dense`` / ``nn.DenseGeneral`` with an
+  :class:`~jax_fpx.FPxWeight` ``kernel``.
+  ``quantize_params(params, fmt)``: quantize every Dense kernel of a param tree.
+  ``fpx_dense_interceptor()``: run an unmodified model's ``nn.Dense`` layers on those params.
+nnx:
+  ``FPxLinear``: ``nnx.Linear`` counterpart; ``quantize_nnx(model, fmt)`` converts in place.
+"""
+
+from .convert import DEFAULT_EXCLUDE, dequantize_params, fpx_dense_interceptor, quantize_params
+from .linen import FPxDense, FPxDenseGeneral
+from .nnx import FPxLinear, quantize_nnx
+
+__all__ = [
+    "FPxDense",
+    "FPxDenseGeneral",
+    "FPxLinear",
+    "quantize_nnx",
+    "quantize_params",
+    "dequantize_params",
+    "fpx_dense_interceptor",
+    "DEFAULT_EXCLUDE",
+]

@@ -1,0 +1,225 @@
+"""Quantize the Dense kernels of a linen param tree, and run an unmodified model on them.
+
+    qparams = jax_fpx.flax.quantize_params(params, "fp6_e3m2")
+    with jax_fpx.flax.fpx_dense_interceptor():
+        y = model.apply({"params": qparams}, x)      # every nn.Dense runs jax_fpx.linear
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import sys
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.core import FrozenDict
+
+from ..formats import FormatLike, get_format
+from ..quantize import quantize
+from ..weight import FPxWeight
+from ._op import fpx_matmul
+
+__all__ = ["quantize_params", "fpx_dense_interceptor", "dequantize_params", "DEFAULT_EXCLUDE"]
+
+#: Paths (regex, searched in "a/b/kernel") left dense unless ``exclude`` is overridden.
+DEFAULT_EXCLUDE: tuple[str, ...] = (r"(^|/)lm_head(/|$)",)
+
+Patterns = Union[None, str, Sequence[str]]
+
+
+def _compile(patterns: Patterns) -> list[re.Pattern]:
+    if patterns is None:
+        return []
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    return [re.compile(p) for p in patterns]
+
+
+def _path_str(path: Sequence[Any]) -> str:
+    return "/".join(str(p) for p in path)
+
+
+def _walk(tree: Any, path: tuple = ()) -> Iterable[tuple[tuple, Any]]:
+    if isinstance(tree, Mapping):
+        for k, v in tree.items():
+            yield from _walk(v, path + (k,))
+    else:
+        yield path, tree
+
+
+def _rebuild(tree: Any, replaced: dict, path: tuple = ()) -> Any:
+    if isinstance(tree, Mapping):
+        out = {k: _rebuild(v, replaced, path + (k,)) for k, v in tree.items()}
+        if isinstance(tree, FrozenDict):
+            return FrozenDict(out)
+        return out if type(tree) is dict else type(tree)(out)
+    return replaced.get(path, tree)
+
+
+def _is_float_array(x: Any) -> bool:
+    return hasattr(x, "shape") and hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+
+
+def quantize_params(
+    params: Any,
+    fmt: FormatLike = "fp6_e3m2",
+    *,
+    group_size: Optional[int] = None,
+    include: Patterns = None,
+    exclude: Patterns = DEFAULT_EXCLUDE,
+    dense_general: Optional[Mapping[str, int]] = None,
+    donate: bool = False,
+    progress: Optional[bool] = None,
+) -> Any:
+    """Quantize every Dense kernel of a linen param tree to :class:`FPxWeight`.
+
+    A leaf is quantized when its key is ``"kernel"``, it is a 2-D float array (the kernel of
+    ``nn.Dense``), its path string (``"encoder/layer_0/query/kernel"``) matches one of
+    ``include`` (regexes, ``re.search``; ``None`` = all) and none of ``exclude`` (default:
+    ``lm_head``; pass ``exclude=()`` to quantize it too). Embedding tables (``embedding``),
+    norm ``scale``/``bias`` and Dense biases are never touched; the tree keeps its structure,
+    key names and container type.
+
+    Memory: layers are quantized one at a time by a jitted quantizer on the device (and with
+    the sharding) where each kernel lives, and each result is ready before the next layer
+    starts. With ``donate=True`` every original kernel is deleted right after it is quantized,
+    so peak memory is the quantized tree plus the dense tree minus what has been converted
+    (the caller's ``params`` become unusable for those leaves).
+
+    Args:
+      params: a (possibly nested) mapping, e.g. ``variables["params"]``; a full variables
+        dict works too (only ``kernel`` leaves are touched).
+      fmt: FPx format (``"fp6_e3m2"``, ``"fp6_e2m3"``, ``"fp5_e2m2"``, ``"fp4_e2m1"``, ...).
+      group_size: ``None`` (one scale per output channel) or a multiple of 64.
+      include / exclude: regex pattern(s) on the path string.
+      dense_general: optional ``{path_regex: n_contracted_axes}`` to also quantize
+        ``nn.DenseGeneral`` kernels of more than 2 dims: the kernel is flattened to
+        ``(prod(shape[:n]), prod(shape[n:]))`` first (what ``FPxDenseGeneral`` and the
+        interceptor expect). Leading stacked axes are not supported there.
+      donate: delete each original kernel once quantized.
+      progress: show a tqdm bar (``None``: only when stderr is a terminal).
+
+    Returns:
+      A tree of the same structure with ``FPxWeight`` in place of the selected kernels.
+    """
+    from tqdm.auto import tqdm
+
+    fmt = get_format(fmt)
+    inc, exc = _compile(include), _compile(exclude)
+    general = [(re.compile(p), int(n)) for p, n in (dense_general or {}).items()]
+
+    todo: list[tuple[tuple, Any, Optional[int]]] = []
+    for path, leaf in _walk(params):
+        if not path or path[-1] != "kernel" or isinstance(leaf, FPxWeight) or not _is_float_array(leaf):
+            continue
+        s = _path_str(path)
+        if inc and not any(p.search(s) for p in inc):
+            continue
+        if any(p.search(s) for p in exc):
+            continue
+        n_in = None
+        if leaf.ndim != 2:
+            n_in = next((n for p, n in general if p.search(s)), None)
+            if n_in is None or not 0 < n_in < leaf.ndim:
+                continue
+        todo.append((path, leaf, n_in))
+
+    if progress is None:
+        progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    replaced = {}
+    with tqdm(total=len(todo), desc=f"quantize {fmt.name}", unit="layer", leave=False, disable=not progress) as bar:
+        for path, leaf, n_in in todo:
+            kernel = leaf
+            if n_in is not None:
+                kernel = jnp.reshape(leaf, (math.prod(leaf.shape[:n_in]), math.prod(leaf.shape[n_in:])))
+            q = quantize(kernel, fmt, group_size=group_size)
+            jax.block_until_ready((q.data, q.scale))  # bound peak memory: one layer in flight
+            if donate and isinstance(leaf, jax.Array) and not leaf.is_deleted():
+                if kernel is not leaf:
+                    kernel.delete()
+                leaf.delete()
+            replaced[path] = q
+            bar.set_postfix_str(_path_str(path)[-40:], refresh=False)
+            bar.update(1)
+    return _rebuild(params, replaced)
+
+
+def dequantize_params(params: Any, dtype: Any = jnp.float32) -> Any:
+    """Inverse view of :func:`quantize_params`: every 2-D :class:`FPxWeight` back to a dense kernel.
+
+    (Kernels quantized through ``dense_general`` come back flattened.) Useful as the
+    "same weights, full-precision math" baseline.
+    """
+    from ..quantize import dequantize
+
+    return jax.tree.map(
+        lambda x: dequantize(x, dtype) if isinstance(x, FPxWeight) else x,
+        params,
+        is_leaf=lambda x: isinstance(x, FPxWeight),
+    )
+
+
+def _intercept_dense(mod: nn.Module, x: jax.Array, impl: str, act_dtype: Any):
+    """FPx math for a bound nn.Dense / nn.DenseGeneral whose kernel is an FPxWeight, else None."""
+    if mod.is_initializing() or not mod.has_variable("params", "kernel"):
+        return None
+    kernel = mod.get_variable("params", "kernel")
+    if not isinstance(kernel, FPxWeight):
+        return None
+    bias = mod.get_variable("params", "bias") if getattr(mod, "use_bias", False) else None
+    x = jnp.asarray(x)
+    if isinstance(mod, nn.Dense):
+        return fpx_matmul(x, kernel, bias, dtype=mod.dtype, act_dtype=act_dtype, impl=impl)
+    # nn.DenseGeneral with a flattened 2-D FPxWeight (quantize_params(dense_general=...)).
+    if tuple(mod.batch_dims):
+        raise NotImplementedError(f"{'/'.join(mod.scope.path)}: DenseGeneral with batch_dims is not supported by jax_fpx")
+    features = (mod.features,) if isinstance(mod.features, int) else tuple(mod.features)
+    axes = (mod.axis,) if isinstance(mod.axis, int) else tuple(mod.axis)
+    axes = tuple(sorted(a % x.ndim for a in axes))
+    if axes != tuple(range(x.ndim - len(axes), x.ndim)):
+        raise NotImplementedError(
+            f"{'/'.join(mod.scope.path)}: jax_fpx supports DenseGeneral over trailing contiguous axes only, got axis={mod.axis}"
+        )
+    lead = x.shape[: x.ndim - len(axes)]
+    n_out = math.prod(features)
+    y = fpx_matmul(
+        jnp.reshape(x, (*lead, math.prod(x.shape[len(lead) :]))),
+        kernel,
+        None if bias is None else jnp.reshape(bias, (n_out,)),
+        dtype=mod.dtype,
+        act_dtype=act_dtype,
+        impl=impl,
+    )
+    return jnp.reshape(y, (*lead, *features))
+
+
+@contextlib.contextmanager
+def fpx_dense_interceptor(*, impl: str = "auto", act_dtype: Any = None):
+    """Run an unmodified linen model's ``nn.Dense`` layers with FPx math.
+
+    Inside the context, every ``nn.Dense`` (and ``nn.DenseGeneral`` whose kernel was
+    flattened by ``quantize_params(dense_general=...)``) whose ``kernel`` param is an
+    :class:`FPxWeight` calls :func:`jax_fpx.linear` (same dtype policy as
+    :class:`~jax_fpx.flax.FPxDense`); layers whose kernel is still dense (e.g. an excluded
+    ``lm_head``) run unchanged. Works under ``jax.jit`` (intercept at trace time).
+
+    Yields a list that collects the module paths (``"encoder/layer_0/query"``) of each
+    intercepted call, for checking coverage.
+    """
+    hits: list[str] = []
+
+    def interceptor(next_fun, args, kwargs, context):
+        mod = context.module
+        if context.method_name == "__call__" and isinstance(mod, (nn.Dense, nn.DenseGeneral)) and args:
+            y = _intercept_dense(mod, args[0], impl, act_dtype)
+            if y is not None:
+                hits.append("/".join(mod.scope.path))
+                return y
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        yield hits
