@@ -16,11 +16,15 @@ WORKSPACE_BUDGET_BYTES = 64 << 20
 MAX_SPLIT_K = 32
 
 
+# (ebits, mbits) with compiled CUDA kernels (csrc/cuda/fpx_kernels_*.cu), bf16 and f16 each;
+# other formats go to dequantize + XLA dot. Keep in sync with cuda::FindKernels.
+GPU_KERNEL_FORMATS = frozenset({(3, 2), (2, 3), (2, 2), (2, 1)})
+
+
 def gpu_kernel_supports(fmt: FPxFormat, fp16: bool) -> bool:
-    """Formats the CUDA kernel decodes: the exponent/mantissa must fit the activation type."""
-    if fp16:
-        return fmt.ebits <= 5 and fmt.mbits <= 10
-    return fmt.ebits <= 8 and fmt.mbits <= 7
+    """Whether the CUDA kernel has an instantiation for this format (both activation dtypes)."""
+    del fp16  # every compiled format has bf16 and f16 kernels
+    return (fmt.ebits, fmt.mbits) in GPU_KERNEL_FORMATS
 
 
 def max_split_k(m: int, n_pad: int, k_blocks: int) -> int:

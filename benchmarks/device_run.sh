@@ -1,0 +1,24 @@
+#!/bin/bash
+# One device call: build (sm_90 only, faster), GPU tests, sanitizer, benchmarks. Logs to $OUT.
+# usage: bash benchmarks/device_run.sh "<pytest args or SKIP>" "<bench args or SKIP>" [sanitize]
+set -o pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv | tee $OUT/gpu.txt
+t0=$(date +%s)
+pip install --no-build-isolation --no-deps -e . --config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES=90 \
+  --config-settings=build.verbose=false > $OUT/build.log 2>&1 || { tail -50 $OUT/build.log; exit 1; }
+echo "build $(( $(date +%s) - t0 )) s"
+if [ "$1" != "SKIP" ]; then
+  timeout 420 python -m pytest -q -x tests/test_gpu_linear.py $1 2>&1 | tee $OUT/pytest.log | tail -25
+fi
+if [ "$3" == "sanitize" ]; then
+  for tool in memcheck racecheck; do
+    timeout 200 compute-sanitizer --tool $tool --target-processes all python benchmarks/sanitize_case.py > $OUT/sanitize_$tool.log 2>&1
+    echo "sanitizer $tool rc=$?"; tail -3 $OUT/sanitize_$tool.log
+  done
+fi
+if [ "$2" != "SKIP" ]; then
+  python -m jax_fpx bench $2 --out $OUT 2>&1 | tee $OUT/bench.log | tail -80
+fi
+echo "total $(( $(date +%s) - t0 )) s"

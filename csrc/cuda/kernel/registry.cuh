@@ -1,0 +1,31 @@
+// Which kernels exist: a small set of (format x activation dtype x token-tile) instantiations.
+// Each format's instantiations live in their own .cu file (parallel compilation).
+#pragma once
+
+#include "params.cuh"
+
+namespace jax_fpx {
+namespace cuda {
+
+using KernelFn = void (*)(GemmParams);
+
+constexpr int kNumTokenTiles = 4;                          // MT in {1, 2, 4, 8}
+constexpr int kTokenTiles[kNumTokenTiles] = {1, 2, 4, 8};  // 8-token MMA tiles per warp
+
+struct FpxKernels {
+  KernelFn gemm[kNumTokenTiles] = {};
+  KernelFn reduce = nullptr;
+  float fold = 1.0f;
+};
+
+// Returns false if (ebits, mbits) has no compiled kernel.
+bool FindKernels(int ebits, int mbits, bool f16, FpxKernels* out);
+
+// Per-format accessors (one per instantiation file).
+FpxKernels KernelsE3M2(bool f16);
+FpxKernels KernelsE2M3(bool f16);
+FpxKernels KernelsE2M2(bool f16);
+FpxKernels KernelsE2M1(bool f16);
+
+}  // namespace cuda
+}  // namespace jax_fpx

@@ -1,0 +1,238 @@
+"""GEMM benchmark: FPx weight-only ``jax_fpx.linear`` vs XLA's bf16 ``jnp.dot`` (same process).
+
+``python -m jax_fpx bench [--shapes benchmarks/shapes.json] [--smoke] [--methods ...] [--out DIR]``
+
+Each timed call applies the op to many *distinct* weight matrices (so weights stream from HBM,
+not from L2), takes the median of ``reps`` runs after ``warmup`` runs and reports per-matrix
+time. Rows: ``{method, M, K, N, us, ratio_vs_xla_bf16, weight_GBps, device, jax_version, ...}``.
+
+Methods: ``xla_bf16`` (bf16 weights, ``jnp.dot``), ``xla_fp8_e4m3`` / ``xla_int8`` (XLA weight-only
+baselines: stored 8-bit weights, ``astype(bf16)`` + dot + per-channel scale), and FPx formats by
+name (``fp6_e3m2``, ``fp6_e2m3``, ``fp5_e2m2``, ``fp4_e2m1``...) through ``jax_fpx.linear``
+(``impl="auto"``, what users get); suffix ``:kernel`` / ``:xla`` forces that implementation,
+``:kernel:s4`` also forces split_k=4, ``fp6_e3m2@group128`` uses per-group scales.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["run_gemm_bench", "load_shapes", "plot_results", "main", "DEFAULT_METHODS"]
+
+DEFAULT_METHODS = ("xla_bf16", "fp6_e3m2", "fp6_e2m3", "fp5_e2m2", "fp4_e2m1", "xla_fp8_e4m3", "xla_int8")
+_STREAM_BYTES = 256 << 20  # weight bytes touched per timed call (>> the 50 MB L2 of an H100)
+_MAX_WEIGHTS = 64
+
+
+def load_shapes(path: Optional[str] = None, smoke: bool = False) -> tuple[list[dict], list[int]]:
+    """(shapes, batches) from a shapes.json (default: the repo's benchmarks/shapes.json)."""
+    if path is None:
+        path = str(Path(__file__).resolve().parent.parent / "benchmarks" / "shapes.json")
+    with open(path) as f:
+        spec = json.load(f)
+    if smoke:
+        spec = spec["cpu_smoke"]
+    return list(spec["shapes"]), list(spec["batches"])
+
+
+def _device_name() -> str:
+    d = jax.devices()[0]
+    return getattr(d, "device_kind", d.platform)
+
+
+def _make_weights(method: str, k: int, n: int, count: int, key) -> tuple[list, int, callable]:
+    """Returns (weights, bytes per weight, apply(x, w) -> y)."""
+    from . import linear, quantize  # noqa: F401  (quantize kept for users of this module)
+    from .formats import get_format
+    from .layout import data_shape, scale_shape
+    from .weight import FPxWeight
+
+    keys = jax.random.split(key, count)
+    if method == "xla_bf16":
+        ws = [jax.random.normal(kk, (k, n), jnp.bfloat16) for kk in keys]
+        return ws, k * n * 2, lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+    if method in ("xla_fp8_e4m3", "xla_int8"):
+        dt = jnp.float8_e4m3fn if method == "xla_fp8_e4m3" else jnp.int8
+        ws = []
+        for kk in keys:
+            q = jax.random.normal(kk, (k, n), jnp.float32) * (64.0 if dt == jnp.int8 else 8.0)
+            ws.append((q.astype(dt), jnp.full((n,), 0.01, jnp.float32)))
+
+        def apply8(x, w):
+            q, s = w
+            y = jnp.dot(x, q.astype(x.dtype), preferred_element_type=jnp.float32)
+            return (y * s).astype(x.dtype)
+
+        return ws, k * n + 4 * n, apply8
+    # FPx: random codes are valid values in every eXmY format (no NaN/Inf codes).
+    name, _, impl = method.partition(":")
+    impl, _, split = impl.partition(":s")  # e.g. fp6_e3m2:kernel:s4 forces split_k=4
+    split_k = int(split) if split else None
+    name, _, grp = name.partition("@group")
+    group = int(grp) if grp else None
+    fmt = get_format(name)
+    ds, ss = data_shape(k, n, fmt.bits, group), scale_shape(k, n, group)
+    ws = []
+    for kk in keys:
+        data = jax.random.bits(kk, ds, jnp.uint32)
+        scale = jnp.full(ss, 0.01, jnp.float32)
+        ws.append(FPxWeight(data, scale, fmt, (k, n), group))
+    nbytes = int(np.prod(ds)) * 4 + int(np.prod(ss)) * 4
+    impl = impl or "auto"
+    return ws, nbytes, lambda x, w: linear(x, w, impl=impl, split_k=split_k)
+
+
+def _time_call(fn, args, warmup: int, reps: int) -> float:
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def run_gemm_bench(
+    shapes: Sequence[dict],
+    batches: Iterable[int],
+    methods: Sequence[str] = DEFAULT_METHODS,
+    *,
+    dtype=jnp.bfloat16,
+    reps: int = 10,
+    warmup: int = 3,
+    stream_bytes: int = _STREAM_BYTES,
+    max_weights: int = _MAX_WEIGHTS,
+    seed: int = 0,
+    log=print,
+) -> list[dict]:
+    """Times every method on every (shape, M); returns one row per (method, shape, M).
+
+    ``shapes``: dicts with ``K``, ``N`` (and optionally ``name``). ``ratio_vs_xla_bf16`` is
+    ``us(xla_bf16) / us(method)`` (>1: faster than bf16), ``xla_bf16`` is always timed.
+    """
+    methods = list(methods)
+    if "xla_bf16" not in methods:
+        methods = ["xla_bf16"] + methods
+    device, jv = _device_name(), jax.__version__
+    rows: list[dict] = []
+    key = jax.random.PRNGKey(seed)
+    for shape in shapes:
+        k, n = int(shape["K"]), int(shape["N"])
+        sname = shape.get("name", f"{k}x{n}")
+        for method in methods:
+            key, wk = jax.random.split(key)
+            per_bytes = _bytes_estimate(method, k, n)
+            count = int(min(max_weights, max(2, math.ceil(stream_bytes / max(per_bytes, 1)))))
+            ws, nbytes, apply = _make_weights(method, k, n, count, wk)
+
+            def many(x, ws, apply=apply):
+                return [apply(x, w) for w in ws]
+
+            fn = jax.jit(many)
+            for m in batches:
+                key, xk = jax.random.split(key)
+                x = jax.random.normal(xk, (m, k), jnp.float32).astype(dtype)
+                t = _time_call(fn, (x, ws), warmup, reps) / count
+                row = dict(method=method, M=int(m), K=k, N=n, us=t * 1e6, weight_GBps=nbytes / t / 1e9,
+                           device=device, jax_version=jv, shape=sname, n_weights=count,
+                           dtype=jnp.dtype(dtype).name)
+                rows.append(row)
+            del ws
+        base = {(r["M"]): r["us"] for r in rows if r["method"] == "xla_bf16" and r["K"] == k and r["N"] == n}
+        for r in rows:
+            if r["K"] == k and r["N"] == n:
+                r["ratio_vs_xla_bf16"] = base[r["M"]] / r["us"]
+        if log:
+            for r in rows:
+                if r["K"] == k and r["N"] == n:
+                    log(f"{sname:>20} M={r['M']:5d} {r['method']:>18} {r['us']:10.1f} us "
+                        f"x{r['ratio_vs_xla_bf16']:.2f} {r['weight_GBps']:8.0f} GB/s")
+    return rows
+
+
+def _bytes_estimate(method: str, k: int, n: int) -> int:
+    if method == "xla_bf16":
+        return 2 * k * n
+    if method.startswith("xla_"):
+        return k * n
+    from .formats import get_format
+
+    name = method.partition(":")[0].partition("@")[0]
+    return k * n * get_format(name).bits // 8
+
+
+def plot_results(rows: Sequence[dict], path: str) -> Optional[str]:
+    """Ratio vs XLA bf16 over M, one panel per shape; returns the path (None without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    shapes = list(dict.fromkeys((r["shape"], r["K"], r["N"]) for r in rows))
+    cols = min(4, len(shapes))
+    nrows = math.ceil(len(shapes) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.4 * nrows), squeeze=False)
+    for ax, (sname, k, n) in zip(axes.flat, shapes):
+        sub = [r for r in rows if r["K"] == k and r["N"] == n]
+        for method in dict.fromkeys(r["method"] for r in sub):
+            pts = sorted((r["M"], r["ratio_vs_xla_bf16"]) for r in sub if r["method"] == method)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+        ax.set_xscale("log", base=2)
+        ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+        ax.set_title(f"{sname} (K={k}, N={n})", fontsize=9)
+        ax.set_xlabel("M (tokens)")
+        ax.set_ylabel("speed-up vs XLA bf16")
+    for ax in list(axes.flat)[len(shapes):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    dev = rows[0]["device"] if rows else ""
+    fig.suptitle(f"jax_fpx GEMM vs XLA bf16 on {dev} (jax {rows[0]['jax_version'] if rows else ''})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m jax_fpx bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--shapes", default=None, help="shapes.json (default: benchmarks/shapes.json)")
+    ap.add_argument("--smoke", action="store_true", help="tiny cpu_smoke shapes (default on CPU)")
+    ap.add_argument("--only", default=None, help="comma list of shape names to run")
+    ap.add_argument("--batches", default=None, help="comma list of M (default: from shapes.json)")
+    ap.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--out", default="benchmarks/results", help="directory for JSON + PNG")
+    ap.add_argument("--tag", default=None, help="file name stem (default: bench_<device>)")
+    a = ap.parse_args(argv)
+    smoke = a.smoke or jax.default_backend() == "cpu"
+    shapes, batches = load_shapes(a.shapes, smoke=smoke)
+    if a.only:
+        keep = set(a.only.split(","))
+        shapes = [s for s in shapes if s.get("name") in keep]
+    if a.batches:
+        batches = [int(b) for b in a.batches.split(",")]
+    rows = run_gemm_bench(shapes, batches, [m for m in a.methods.split(",") if m], dtype=jnp.dtype(a.dtype),
+                          reps=a.reps, **({"stream_bytes": 1 << 20, "max_weights": 2} if smoke else {}))
+    os.makedirs(a.out, exist_ok=True)
+    stem = a.tag or "bench_" + "".join(c if c.isalnum() else "_" for c in rows[0]["device"]).strip("_").lower()
+    jpath = os.path.join(a.out, stem + ".json")
+    with open(jpath, "w") as f:
+        json.dump(rows, f, indent=1)
+    ppath = plot_results(rows, os.path.join(a.out, stem + ".png"))
+    print(f"wrote {jpath}" + (f" and {ppath}" if ppath else ""))
+    return 0
