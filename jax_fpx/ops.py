@@ -14,7 +14,7 @@ from . import _ffi, dispatch, layout, reference
 from .quantize import dequantize
 from .weight import FPxWeight
 
-__all__ = ["linear", "Impl"]
+__all__ = ["linear", "Impl", "export_disabled_checks", "register_ffi"]
 
 Impl = Literal["auto", "kernel", "reference", "xla"]
 _IMPLS = ("auto", "kernel", "reference", "xla")
@@ -44,6 +44,24 @@ def linear(
 
     Returns:
       ``(..., out_features)`` in ``x.dtype``. Accumulation is float32 on every path.
+
+    Transformations:
+      * ``jax.vmap``: mapping x folds the mapped axis into M (one pass over the weights);
+        mapping a stacked ``FPxWeight`` batches the call (the packed weights are never
+        broadcast). Outside ``vmap`` a stacked weight is an error: index it or map over it.
+      * ``jax.grad``: exact float32 gradients for x and bias (as the reference path); the
+        packed codes get ``float0`` cotangents and the scales their true gradient (computed
+        only when differentiated), so frozen-base training (LoRA) just works. Forward mode
+        (``jax.jvp``/``jacfwd``) is not supported (JAX raises: custom_vjp).
+      * ``lax.scan``/``nn.scan`` over stacked layers, ``jax.checkpoint``, ``jax.eval_shape``,
+        donation: supported.
+      * Sharding: see :mod:`jax_fpx.sharding` (column/row/data parallel).
+      * ``jax.export``: the kernel is the custom call ``jax_fpx_linear``, which has no
+        compatibility guarantee; export with
+        ``jax.export.export(f, disabled_checks=jax_fpx.ops.export_disabled_checks())``
+        (i.e. ``[jax.export.DisabledSafetyCheck.custom_call("jax_fpx_linear")]``), and call
+        :func:`register_ffi` (or ``jax_fpx.linear`` once) in the process that runs a
+        deserialized module. ``FPxWeight`` pytrees serialize (registered by ``jax_fpx``).
     """
     x, bias = _check_inputs(x, w, bias, impl, split_k)
     lead = x.shape[:-1]
@@ -53,6 +71,17 @@ def linear(
         return jnp.zeros((*lead, n), x.dtype)
     y = _linear_2d(x.reshape(m, w.in_features), w, bias, impl, split_k)
     return y.reshape(*lead, n)
+
+
+def export_disabled_checks() -> list:
+    """``disabled_checks`` for ``jax.export.export`` of a function that uses ``linear``."""
+    return [jax.export.DisabledSafetyCheck.custom_call(_ffi.TARGET)]
+
+
+def register_ffi() -> None:
+    """Register the ``jax_fpx_linear`` FFI handlers (needed before running a deserialized
+    ``jax.export`` module in a process that has not called :func:`linear` yet)."""
+    _ffi.register()
 
 
 def _check_inputs(x, w, bias, impl, split_k):
@@ -263,8 +292,12 @@ def _kernel_unbatched(x3, data, scale, bias2, meta):
     n_pad, k_pad = layout.padded_shape(*shape, group_size)
     k_blocks = k_pad // layout.K_BLOCK
     fp16 = jnp.dtype(x3.dtype) == jnp.dtype(jnp.float16)
+    # A symbolic M (jax.export shape polymorphism) cannot size the split-K workspace or pick
+    # the kernel statically: the CUDA path then runs dequantize + XLA dot (CPU: the handler).
+    m_known = isinstance(m, (int, np.integer))
     use_cuda_kernel = (
         _ffi.register()
+        and m_known
         and dispatch.gpu_kernel_supports(fmt, fp16)
         and (impl == "kernel" or split_k is not None or m <= dispatch.GPU_KERNEL_MAX_M)
     )

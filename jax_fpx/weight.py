@@ -94,3 +94,39 @@ class FPxWeight:
         g = "per-channel" if self.group_size is None else f"group={self.group_size}"
         b = f", batch={self.batch_shape}" if self.batch_shape else ""
         return f"FPxWeight({self.fmt.name}, in={self.shape[0]}, out={self.shape[1]}, {g}{b})"
+
+
+# --- jax.export: serializing an exported function whose inputs/outputs contain FPxWeight -------
+_EXPORT_NAME = "jax_fpx.FPxWeight"
+
+
+def _serialize_aux(aux) -> bytes:
+    import json
+
+    fmt, shape, group_size, version = aux
+    return json.dumps(
+        {
+            "ebits": fmt.ebits,
+            "mbits": fmt.mbits,
+            "nan_at_max": fmt.nan_at_max,
+            "shape": list(shape),
+            "group_size": group_size,
+            "layout_version": version,
+        }
+    ).encode()
+
+
+def _deserialize_aux(blob: bytes):
+    import json
+
+    d = json.loads(blob.decode())
+    fmt = FPxFormat(int(d["ebits"]), int(d["mbits"]), bool(d["nan_at_max"]))
+    return fmt, tuple(int(s) for s in d["shape"]), d["group_size"], int(d["layout_version"])
+
+
+jax.export.register_pytree_node_serialization(
+    FPxWeight,
+    serialized_name=_EXPORT_NAME,
+    serialize_auxdata=_serialize_aux,
+    deserialize_auxdata=_deserialize_aux,
+)
