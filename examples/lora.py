@@ -35,18 +35,18 @@ def init(key, sizes=(256, 512, 256), rank=8, fmt="fp6_e3m2"):
     return base, adapters
 
 
-def apply(adapters, base, x, alpha=16.0):
+def apply(adapters, base, x, alpha=16.0, linear=jax_fpx.linear):
     h = x.astype(jnp.bfloat16)
     for i, (layer, ad) in enumerate(zip(base, adapters)):
         rank = ad["A"].shape[1]
-        y = jax_fpx.linear(h, layer["kernel"], layer["bias"]).astype(jnp.float32)
+        y = linear(h, layer["kernel"], layer["bias"]).astype(jnp.float32)
         y = y + (h.astype(jnp.float32) @ ad["A"]) @ ad["B"] * (alpha / rank)
         h = (jax.nn.gelu(y) if i + 1 < len(base) else y).astype(jnp.bfloat16)
     return h
 
 
-def loss_fn(adapters, base, x, target):
-    return jnp.mean((apply(adapters, base, x).astype(jnp.float32) - target) ** 2)
+def loss_fn(adapters, base, x, target, linear=jax_fpx.linear):
+    return jnp.mean((apply(adapters, base, x, linear=linear).astype(jnp.float32) - target) ** 2)
 
 
 def make_step(optimizer):
