@@ -6,19 +6,27 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv | tee $OUT/gpu.txt
 t0=$(date +%s)
-pip install --no-build-isolation --no-deps -e . --config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES=90 \
+python3 -m pip install --no-build-isolation --no-deps -e . --config-settings=cmake.define.CMAKE_CUDA_ARCHITECTURES=90 \
   --config-settings=build.verbose=false > $OUT/build.log 2>&1 || { tail -50 $OUT/build.log; exit 1; }
 echo "build $(( $(date +%s) - t0 )) s"
 if [ "$1" != "SKIP" ]; then
-  timeout 420 python -m pytest -q -x tests/test_gpu_linear.py $1 2>&1 | tee $OUT/pytest.log | tail -25
+  timeout 420 python3 -m pytest -q -x tests/test_gpu_linear.py $1 2>&1 | tee $OUT/pytest.log | tail -25
 fi
 if [ "$3" == "sanitize" ]; then
   for tool in memcheck racecheck; do
-    timeout 200 compute-sanitizer --tool $tool --target-processes all python benchmarks/sanitize_case.py > $OUT/sanitize_$tool.log 2>&1
+    timeout 200 compute-sanitizer --tool $tool --target-processes all python3 benchmarks/sanitize_case.py > $OUT/sanitize_$tool.log 2>&1
     echo "sanitizer $tool rc=$?"; tail -3 $OUT/sanitize_$tool.log
   done
 fi
 if [ "$2" != "SKIP" ]; then
-  python -m jax_fpx bench $2 --out $OUT 2>&1 | tee $OUT/bench.log | tail -80
+  python3 -m jax_fpx bench $2 --out $OUT 2>&1 | tee $OUT/bench.log | tail -80
 fi
 echo "total $(( $(date +%s) - t0 )) s"
+if [ -n "$NCU" ]; then
+  SO=$(python3 -c "import jax_fpx._jax_fpx as m; print(m.__file__)")
+  cuobjdump -sass $SO > $OUT/kernels.sass 2>&1; echo "sass lines $(wc -l < $OUT/kernels.sass)"
+  timeout 240 ncu --kernel-name regex:FpxGemm --launch-count 3 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+    --section WarpStateStats --section Occupancy --section LaunchStats --section SchedulerStats \
+    python3 benchmarks/ncu_case.py > $OUT/ncu.txt 2>&1; echo "ncu rc=$?"
+  grep -E "FpxGemm|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|Stall|Issued Warp|No Eligible|Eligible Warps|Theoretical Occ" $OUT/ncu.txt | head -60
+fi

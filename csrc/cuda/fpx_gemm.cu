@@ -130,7 +130,7 @@ ffi::Error LinearCuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer data
   p.x_batched = !folded && pr.batch_x > 1;
   p.w_batched = !folded;
   p.bias_mode = !pr.has_bias ? 0 : !pr.bias_batched ? 1 : folded ? 3 : 2;
-  p.x_vec = (pr.k % 4 == 0) && (reinterpret_cast<uintptr_t>(p.x) % 8 == 0);
+  p.x_vec = (pr.k % 8 == 0) && (reinterpret_cast<uintptr_t>(p.x) % 16 == 0);
   p.fold = kernels.fold;
 
   int mt_idx = p.m <= 8 ? 0 : p.m <= 16 ? 1 : p.m <= 32 ? 2 : 3;

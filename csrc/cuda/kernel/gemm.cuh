@@ -23,7 +23,7 @@ namespace cuda {
 
 // One MMA k-step J (0..3) of a 16x64 block: quads 2J, 2J+1 -> A fragment, MT token tiles.
 template <int E, int MB, bool F16, int MT, int J>
-__device__ __forceinline__ void Step(const uint32_t (&w)[1 + E + MB], const uint2 (&xq)[MT][4],
+__device__ __forceinline__ void Step(const uint32_t (&w)[1 + E + MB], const uint32_t (&xr)[MT][8],
                                      float (&acc)[MT][4], const bool (&tile_on)[MT]) {
   using DQ = Dequant<E, MB, F16>;
   uint32_t a[4];
@@ -31,7 +31,25 @@ __device__ __forceinline__ void Step(const uint32_t (&w)[1 + E + MB], const uint
   DQ::Pair(Quad<1 + E + MB, 2 * J + 1>(w), a[2], a[3]);
 #pragma unroll
   for (int i = 0; i < MT; ++i)
-    if (tile_on[i]) Mma16816<F16>(acc[i], a, xq[i][J].x, xq[i][J].y);
+    if (tile_on[i]) Mma16816<F16>(acc[i], a, xr[i][2 * J], xr[i][2 * J + 1]);
+}
+
+// Activations of one lane for one 16x64 block and token tile: x[tok, kb*64 + 16t .. +16] as
+// 8 registers (two 16-byte loads); register 2j / 2j+1 are the B fragment of MMA k-step j.
+__device__ __forceinline__ void LoadActFast(const uint16_t* p, uint32_t (&r)[8]) {
+  const uint4 a = *reinterpret_cast<const uint4*>(p);
+  const uint4 b = *reinterpret_cast<const uint4*>(p + 8);
+  r[0] = a.x; r[1] = a.y; r[2] = a.z; r[3] = a.w;
+  r[4] = b.x; r[5] = b.y; r[6] = b.z; r[7] = b.w;
+}
+// Same with a bounds check per element (K tail, or rows not 16-byte aligned).
+__device__ __forceinline__ void LoadActSlow(const uint16_t* p, int64_t kleft, uint32_t (&r)[8]) {
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const uint32_t lo = (2 * e < kleft) ? static_cast<uint32_t>(p[2 * e]) : 0u;
+    const uint32_t hi = (2 * e + 1 < kleft) ? static_cast<uint32_t>(p[2 * e + 1]) : 0u;
+    r[e] = lo | (hi << 16);
+  }
 }
 
 template <int E, int MB, bool F16, int MT, int D>
@@ -46,24 +64,32 @@ __global__ void __launch_bounds__(kThreads) FpxGemmKernel(GemmParams p) {
   const int zb = blockIdx.z;
   const int b = zb / p.split, s = zb - b * p.split;
   const int64_t kb0 = s * p.k_blocks / p.split, kb1 = (s + 1) * p.k_blocks / p.split;
+  const int nblocks = static_cast<int>(kb1 - kb0);
   const int64_t tok0 = int64_t(blockIdx.y) * (8 * MT);
 
-  const uint32_t* wtile =
-      p.data + ((p.w_batched ? int64_t(b) : 0) * p.row_tiles + nt) * p.k_blocks * kBlockWords;
+  const uint32_t* wp =
+      p.data + (((p.w_batched ? int64_t(b) : 0) * p.row_tiles + nt) * p.k_blocks + kb0) * kBlockWords;
   const uint16_t* xb = p.x + (p.x_batched ? int64_t(b) : 0) * p.m * p.k;
   const float* sc = p.scale + ((p.w_batched ? int64_t(b) : 0) * p.n_pad + nt * kRowTile + g) * p.groups;
 
-  // Activation rows of this lane (B operand column n = g of each 8-token tile).
-  const uint16_t* xrow[MT];
-  bool xval[MT];
+  // Activation row of this lane in each 8-token tile (B column n = g). Rows past M are clamped
+  // to a valid row: they only feed output columns that are never stored.
+  const uint16_t* xp[MT];
   bool tile_on[MT];
 #pragma unroll
   for (int i = 0; i < MT; ++i) {
-    const int64_t tok = tok0 + 8 * i + g;
-    xval[i] = tok < p.m;
-    xrow[i] = xb + (xval[i] ? tok : 0) * p.k;
+    int64_t tok = tok0 + 8 * i + g;
     tile_on[i] = tok0 + 8 * i < p.m;
+    tok = tok < p.m ? tok : p.m - 1;
+    xp[i] = xb + tok * p.k + kb0 * kKBlock + 16 * t;
   }
+  // Blocks (from kb0) whose 64 activations are all inside K, on 16-byte aligned rows.
+  int nfast = 0;
+  if (p.x_vec) {
+    const int64_t full = p.k / kKBlock - kb0;
+    nfast = full < 0 ? 0 : (full > nblocks ? nblocks : static_cast<int>(full));
+  }
+  const int64_t kleft0 = p.k - (kb0 * kKBlock + 16 * t);
 
   float acc[MT][4], tot[MT][4];
 #pragma unroll
@@ -74,42 +100,42 @@ __global__ void __launch_bounds__(kThreads) FpxGemmKernel(GemmParams p) {
   uint32_t ring[D][BITS];
 #pragma unroll
   for (int d = 0; d < D; ++d)
-    if (kb0 + d < kb1) LoadBlock<BITS>(wtile + (kb0 + d) * kBlockWords, lane, ring[d]);
+    if (d < nblocks) LoadBlock<BITS>(wp + d * kBlockWords, lane, ring[d]);
 
-  int64_t flush_at = kb1;
+  // Relative block index after which the group accumulators are scaled into the totals.
+  int flush_rel = nblocks;
   if (p.group_blocks < p.k_blocks) {
-    const int64_t next = (kb0 / p.group_blocks + 1) * p.group_blocks;
-    flush_at = next < kb1 ? next : kb1;
+    const int64_t next = (kb0 / p.group_blocks + 1) * p.group_blocks - kb0;
+    flush_rel = next < nblocks ? static_cast<int>(next) : nblocks;
   }
+  const int gb = static_cast<int>(p.group_blocks);
 
-  for (int64_t kb = kb0; kb < kb1; kb += D) {
+  for (int i0 = 0; i0 < nblocks; i0 += D) {
 #pragma unroll
     for (int d = 0; d < D; ++d) {
-      const int64_t cur_kb = kb + d;
-      if (cur_kb < kb1) {
+      const int ib = i0 + d;
+      if (ib < nblocks) {
         uint32_t w[BITS];
 #pragma unroll
-        for (int i = 0; i < BITS; ++i) w[i] = ring[d][i];
-        if (cur_kb + D < kb1) LoadBlock<BITS>(wtile + (cur_kb + D) * kBlockWords, lane, ring[d]);
+        for (int q = 0; q < BITS; ++q) w[q] = ring[d][q];
+        if (ib + D < nblocks) LoadBlock<BITS>(wp + (ib + D) * kBlockWords, lane, ring[d]);
 
-        // Activations for this block: x[tok, kb*64 + 16t + 4j .. +4] for k-step j.
-        const int64_t kbase = cur_kb * kKBlock + 16 * t;
-        uint2 xq[MT][4];
+        uint32_t xr[MT][8];
 #pragma unroll
-        for (int i = 0; i < MT; ++i)
-#pragma unroll
-          for (int j = 0; j < 4; ++j)
-            xq[i][j] = tile_on[i] ? LoadActQuad(xrow[i], kbase + 4 * j, p.k, xval[i], p.x_vec)
-                                  : make_uint2(0u, 0u);
+        for (int i = 0; i < MT; ++i) {
+          if (!tile_on[i]) continue;
+          if (ib < nfast) LoadActFast(xp[i] + ib * kKBlock, xr[i]);
+          else LoadActSlow(xp[i] + ib * kKBlock, kleft0 - int64_t(ib) * kKBlock, xr[i]);
+        }
 
-        Step<E, MB, F16, MT, 0>(w, xq, acc, tile_on);
-        Step<E, MB, F16, MT, 1>(w, xq, acc, tile_on);
-        Step<E, MB, F16, MT, 2>(w, xq, acc, tile_on);
-        Step<E, MB, F16, MT, 3>(w, xq, acc, tile_on);
+        Step<E, MB, F16, MT, 0>(w, xr, acc, tile_on);
+        Step<E, MB, F16, MT, 1>(w, xr, acc, tile_on);
+        Step<E, MB, F16, MT, 2>(w, xr, acc, tile_on);
+        Step<E, MB, F16, MT, 3>(w, xr, acc, tile_on);
 
-        if (cur_kb + 1 == flush_at) {  // end of a scale group (or of this split's K range)
-          const int64_t grp = p.groups == 1 ? 0 : cur_kb / p.group_blocks;
-          const float s0 = sc[grp] * p.fold, s1 = sc[8 * p.groups + grp] * p.fold;
+        if (ib + 1 == flush_rel) {  // end of a scale group (or of this split's K range)
+          const int64_t grp = p.groups == 1 ? 0 : (kb0 + ib) / gb;
+          const float s0 = __ldg(sc + grp) * p.fold, s1 = __ldg(sc + 8 * p.groups + grp) * p.fold;
 #pragma unroll
           for (int i = 0; i < MT; ++i) {
             tot[i][0] = fmaf(acc[i][0], s0, tot[i][0]);
@@ -119,8 +145,7 @@ __global__ void __launch_bounds__(kThreads) FpxGemmKernel(GemmParams p) {
 #pragma unroll
             for (int c = 0; c < 4; ++c) acc[i][c] = 0.0f;
           }
-          const int64_t next = flush_at + p.group_blocks;
-          flush_at = next < kb1 ? next : kb1;
+          flush_rel = flush_rel + gb < nblocks ? flush_rel + gb : nblocks;
         }
       }
     }

@@ -27,7 +27,7 @@ struct GemmParams {
   int x_batched;           // x differs per grid batch item
   int w_batched;           // weights differ per grid batch item
   int bias_mode;           // 0 none, 1 shared, 2 per grid batch item, 3 per folded row / m_item
-  int x_vec;               // x rows are 8-byte aligned (k % 4 == 0)
+  int x_vec;               // x rows are 16-byte aligned (k % 8 == 0)
   float fold;              // extra power-of-two factor (f16 exponent-bias fix)
 };
 
