@@ -7,8 +7,9 @@ layout documented in :mod:`jax_fpx.layout`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Optional
+from typing import Any, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -18,7 +19,7 @@ from . import layout
 from .formats import FormatLike, FPxFormat, get_format
 from .weight import FPxWeight
 
-__all__ = ["quantize", "dequantize", "encode", "decode", "pack", "unpack"]
+__all__ = ["quantize", "ScaleSearch", "dequantize", "encode", "decode", "pack", "unpack"]
 
 _FLOAT_KERNEL_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
@@ -130,7 +131,13 @@ def _check_group_size(group_size: Optional[int]) -> Optional[int]:
     return int(group_size)
 
 
-def quantize(kernel: jax.Array, fmt: FormatLike = "fp6_e3m2", *, group_size: Optional[int] = None) -> FPxWeight:
+def quantize(
+    kernel: jax.Array,
+    fmt: FormatLike = "fp6_e3m2",
+    *,
+    group_size: Optional[int] = None,
+    scale_search: Union[None, bool, "ScaleSearch"] = None,
+) -> FPxWeight:
     """Quantize a Flax-layout kernel to FPx.
 
     Args:
@@ -143,6 +150,14 @@ def quantize(kernel: jax.Array, fmt: FormatLike = "fp6_e3m2", *, group_size: Opt
 
     Returns:
       :class:`FPxWeight` with packed ``uint32`` data and ``float32`` scales.
+
+      scale_search: ``None``/``False`` (default): scale = absmax / format max. ``True`` or a
+        :class:`ScaleSearch`: per scale (channel or group), try ``candidates`` multiples
+        ``r`` of the absmax scale in ``[lo, hi]`` (``r < 1`` clips the largest weights,
+        ``r > 1`` moves values onto a better part of the non-uniform FP grid) and keep the one
+        with the smallest squared weight error, weighted per input channel by
+        ``ScaleSearch.importance`` if given (e.g. the mean squared activation of each input
+        feature from a few calibration batches). Encoding is unchanged (RNE, saturating).
 
     Rounding is to nearest, ties to even, saturating at the format's max. NaN/Inf in a
     concrete kernel raise ``ValueError``. Under tracing (``jit``/``vmap``/Flax ``init``) the
@@ -163,8 +178,69 @@ def quantize(kernel: jax.Array, fmt: FormatLike = "fp6_e3m2", *, group_size: Opt
                 f"kernel of shape {kernel.shape} contains {int(jnp.sum(bad))} NaN/Inf value(s); cannot quantize"
             )
     k_in, n_out = kernel.shape[-2:]
-    data, scale = _quantize_jit(kernel, fmt, group_size)
+    if scale_search is None or scale_search is False:
+        data, scale = _quantize_jit(kernel, fmt, group_size)
+    else:
+        ss = ScaleSearch() if scale_search is True else scale_search
+        if not isinstance(ss, ScaleSearch):
+            raise TypeError(f"scale_search must be None, a bool or a ScaleSearch, got {type(scale_search).__name__}")
+        imp = jnp.ones((k_in,), jnp.float32) if ss.importance is None else jnp.asarray(ss.importance, jnp.float32)
+        if imp.ndim < 1 or imp.shape[-1] != k_in:
+            raise ValueError(f"ScaleSearch.importance must have shape (..., {k_in}), got {imp.shape}")
+        data, scale = _quantize_search_jit(kernel, imp, fmt, group_size, int(ss.candidates), float(ss.lo), float(ss.hi))
     return FPxWeight(data, scale, fmt, (k_in, n_out), group_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleSearch:
+    """Options of ``quantize(..., scale_search=ScaleSearch(...))`` (see :func:`quantize`).
+
+    Attributes:
+      candidates: number of scale multiples tried, evenly spaced in ``[lo, hi]`` (>= 2).
+      lo, hi: range of multiples of the absmax scale.
+      importance: optional ``(in_features,)`` (or ``(..., in_features)`` for stacked kernels)
+        non-negative weights of each input feature in the squared-error objective.
+    """
+
+    candidates: int = 101
+    lo: float = 0.5
+    hi: float = 1.5
+    importance: Optional[Any] = None
+
+    def __post_init__(self):
+        if int(self.candidates) < 2 or not 0 < self.lo < self.hi:
+            raise ValueError(f"ScaleSearch needs candidates >= 2 and 0 < lo < hi, got {self}")
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
+def _quantize_search_jit(kernel, importance, fmt: FPxFormat, group_size, candidates: int, lo: float, hi: float):
+    *lead, k_in, n_out = kernel.shape
+    n_pad, k_pad = layout.padded_shape(k_in, n_out, group_size)
+    wt = jnp.swapaxes(kernel.astype(jnp.float32), -1, -2)  # [..., N, K]
+    wt = jnp.pad(wt, [(0, 0)] * len(lead) + [(0, n_pad - n_out), (0, k_pad - k_in)])
+    imp = jnp.pad(importance, [(0, 0)] * (importance.ndim - 1) + [(0, k_pad - k_in)])
+    base = _scales(wt, fmt, group_size)  # [..., N, G]
+    n_groups = base.shape[-1]
+    g = k_pad // n_groups
+    wg = wt.reshape(*wt.shape[:-1], n_groups, g)
+    ig = imp.reshape(*imp.shape[:-1], 1, n_groups, g)
+
+    def err(scale):
+        s = scale[..., None]
+        q = decode(encode(jnp.where(jnp.isfinite(s), wg / s, 0.0), fmt), fmt) * s
+        return jnp.sum(ig * jnp.square(q - wg), axis=-1)
+
+    def body(i, carry):
+        best_s, best_e = carry
+        cand = base * (lo + (hi - lo) * i / (candidates - 1))
+        e = err(cand)
+        better = e < best_e
+        return jnp.where(better, cand, best_s), jnp.where(better, e, best_e)
+
+    scale, _ = jax.lax.fori_loop(0, candidates, body, (base, err(base)))
+    per_elem = jnp.repeat(scale, g, axis=-1)
+    codes = encode(jnp.where(jnp.isfinite(per_elem), wt / per_elem, 0.0), fmt)
+    return pack(codes, fmt.bits), scale
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
