@@ -24,8 +24,10 @@ fi
 echo "total $(( $(date +%s) - t0 )) s"
 if [ -n "$NCU" ]; then
   SO=$(python3 -c "import jax_fpx._jax_fpx as m; print(m.__file__)")
-  cuobjdump -sass $SO > $OUT/kernels.sass 2>&1; echo "sass lines $(wc -l < $OUT/kernels.sass)"
-  timeout 240 ncu --kernel-name regex:FpxGemm --launch-count 3 --section SpeedOfLight --section MemoryWorkloadAnalysis \
+  for f in ${SASS_FUNCS:-_ZN7jax_fpx4cuda13FpxGemmKernelILi3ELi2ELb0ELi1ELi4EEEvNS0_10GemmParamsE}; do
+    cuobjdump -sass -fun $f $SO > $OUT/$(echo $f | md5sum | cut -c1-8).sass 2>&1
+  done
+  timeout 240 ncu --kernel-name regex:FpxGemm --launch-count ${NCU_COUNT:-3} --section SpeedOfLight --section MemoryWorkloadAnalysis \
     --section WarpStateStats --section Occupancy --section LaunchStats --section SchedulerStats \
     python3 benchmarks/ncu_case.py > $OUT/ncu.txt 2>&1; echo "ncu rc=$?"
   grep -E "FpxGemm|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|Stall|Issued Warp|No Eligible|Eligible Warps|Theoretical Occ" $OUT/ncu.txt | head -60

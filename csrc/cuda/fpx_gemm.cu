@@ -53,24 +53,26 @@ int ResidentCtas(KernelFn fn) {
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Split-K chosen from the shape and the device: estimated time in "rounds" (one k-block per
-// resident warp) = waves * (k-blocks per warp + pipeline fill) + the reduction's traffic and
-// launch, minimized over the splits the workspace holds.
+// Split-K chosen from the shape and the device: at least one full wave of resident CTAs (every
+// SM streams weights), then the split in [s_min, 2 s_min] with the least wave quantization,
+// charging each split for its pipeline fill (~2 blocks) and the partials it writes and reads back.
 int AutoSplit(int64_t base_ctas, int64_t k_blocks, int64_t resident_ctas, int64_t out_elems,
-              int64_t block_bytes, int depth, int64_t max_split) {
-  const double round_bytes = double(resident_ctas) * kWarpsPerCta * block_bytes;
-  int best = 1;
+              int64_t weight_bytes, int64_t max_split) {
+  const int64_t s_min = std::max<int64_t>(1, CeilDiv(resident_ctas, base_ctas));
+  const int64_t s_max = std::min<int64_t>({max_split, 2 * s_min + 1, std::max<int64_t>(1, k_blocks / 4)});
+  int64_t best = std::min(s_min, std::max<int64_t>(1, s_max));
   double best_cost = 1e300;
-  for (int64_t s = 1; s <= max_split; ++s) {
-    const double waves = double(CeilDiv(base_ctas * s, resident_ctas));
-    double cost = waves * double(CeilDiv(k_blocks, s) + depth);
-    if (s > 1) cost += (double(out_elems) * 4.0 * double(s + 1)) / round_bytes + 3.0;
-    if (cost < best_cost * 0.999) {
+  for (int64_t s = 1; s <= s_max; ++s) {
+    const double waves = double(base_ctas * s) / double(resident_ctas);
+    const double quant = waves < 1.0 ? 1.0 / waves : std::ceil(waves) / waves;
+    double cost = quant * (1.0 + 2.0 * double(s) / double(k_blocks));
+    if (s > 1) cost += double(out_elems) * 8.0 * double(s) / double(weight_bytes) + 0.02;
+    if (cost < best_cost * 0.995) {
       best_cost = cost;
-      best = static_cast<int>(s);
+      best = s;
     }
   }
-  return best;
+  return static_cast<int>(best);
 }
 
 }  // namespace
@@ -155,8 +157,9 @@ ffi::Error LinearCuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer data
     split = pr.split_k;
   } else if (max_split > 1) {
     const int64_t resident = int64_t(ResidentCtas(gemm)) * sms;
-    split = AutoSplit(ctas_x * m_tiles * p.batch, pr.k_blocks, resident, out_elems,
-                      int64_t(128) * pr.bits, 4, max_split);
+    const int64_t weight_bytes = int64_t(p.batch) * pr.row_tiles * pr.k_blocks * 128 * pr.bits;
+    split = AutoSplit(ctas_x * m_tiles * p.batch, pr.k_blocks, resident, out_elems, weight_bytes,
+                      max_split);
   }
   if (int64_t(split) * p.batch > 65535) return BadArg("batch too large for one launch");
   p.split = split;

@@ -52,8 +52,14 @@ __device__ __forceinline__ void LoadActSlow(const uint16_t* p, int64_t kleft, ui
   }
 }
 
+// Resident CTAs per SM the register budget is capped for (more warps -> more bytes in flight).
+template <int MT>
+constexpr int MinCtasPerSm() {
+  return MT == 1 ? 5 : MT == 2 ? 4 : MT == 4 ? 3 : 2;
+}
+
 template <int E, int MB, bool F16, int MT, int D>
-__global__ void __launch_bounds__(kThreads) FpxGemmKernel(GemmParams p) {
+__global__ void __launch_bounds__(kThreads, MinCtasPerSm<MT>()) FpxGemmKernel(GemmParams p) {
   constexpr int BITS = 1 + E + MB;
   constexpr int kBlockWords = kLanes * BITS;
 
@@ -97,6 +103,23 @@ __global__ void __launch_bounds__(kThreads) FpxGemmKernel(GemmParams p) {
 #pragma unroll
     for (int c = 0; c < 4; ++c) acc[i][c] = tot[i][c] = 0.0f;
 
+  // Activations of block ib for every token tile (fast path: two 16-byte loads per tile).
+  auto load_x = [&](int ib, uint32_t(&dst)[MT][8]) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+      if (!tile_on[i]) continue;
+      if (ib < nfast) LoadActFast(xp[i] + ib * kKBlock, dst[i]);
+      else LoadActSlow(xp[i] + ib * kKBlock, kleft0 - int64_t(ib) * kKBlock, dst[i]);
+    }
+  };
+  // Small token tiles: activations are loaded one block ahead (their L1/L2 latency hides
+  // behind the current block's dequantization).
+  constexpr bool kPrefetchX = MT <= 2;
+  uint32_t xn[kPrefetchX ? MT : 1][8];
+  if constexpr (kPrefetchX) {
+    if (nblocks > 0) load_x(0, xn);
+  }
+
   uint32_t ring[D][BITS];
 #pragma unroll
   for (int d = 0; d < D; ++d)
@@ -121,11 +144,14 @@ __global__ void __launch_bounds__(kThreads) FpxGemmKernel(GemmParams p) {
         if (ib + D < nblocks) LoadBlock<BITS>(wp + (ib + D) * kBlockWords, lane, ring[d]);
 
         uint32_t xr[MT][8];
+        if constexpr (kPrefetchX) {
 #pragma unroll
-        for (int i = 0; i < MT; ++i) {
-          if (!tile_on[i]) continue;
-          if (ib < nfast) LoadActFast(xp[i] + ib * kKBlock, xr[i]);
-          else LoadActSlow(xp[i] + ib * kKBlock, kleft0 - int64_t(ib) * kKBlock, xr[i]);
+          for (int i = 0; i < MT; ++i)
+#pragma unroll
+            for (int e = 0; e < 8; ++e) xr[i][e] = xn[i][e];
+          if (ib + 1 < nblocks) load_x(ib + 1, xn);
+        } else {
+          load_x(ib, xr);
         }
 
         Step<E, MB, F16, MT, 0>(w, xr, acc, tile_on);
