@@ -153,7 +153,7 @@ def quantize(
 
       scale_search: ``None``/``False`` (default): scale = absmax / format max. ``True`` or a
         :class:`ScaleSearch`: per scale (channel or group), try ``candidates`` multiples
-        ``r`` of the absmax scale in ``[lo, hi]`` (``r < 1`` clips the largest weights,
+        ``r`` of the absmax scale in ``[lo, hi]`` (then ``refine`` finer ones around the best) (``r < 1`` clips the largest weights,
         ``r > 1`` moves values onto a better part of the non-uniform FP grid) and keep the one
         with the smallest squared weight error, weighted per input channel by
         ``ScaleSearch.importance`` if given (e.g. the mean squared activation of each input
@@ -187,7 +187,7 @@ def quantize(
         imp = jnp.ones((k_in,), jnp.float32) if ss.importance is None else jnp.asarray(ss.importance, jnp.float32)
         if imp.ndim < 1 or imp.shape[-1] != k_in:
             raise ValueError(f"ScaleSearch.importance must have shape (..., {k_in}), got {imp.shape}")
-        data, scale = _quantize_search_jit(kernel, imp, fmt, group_size, int(ss.candidates), float(ss.lo), float(ss.hi))
+        data, scale = _quantize_search_jit(kernel, imp, fmt, group_size, int(ss.candidates), float(ss.lo), float(ss.hi), int(ss.refine))
     return FPxWeight(data, scale, fmt, (k_in, n_out), group_size)
 
 
@@ -198,13 +198,16 @@ class ScaleSearch:
     Attributes:
       candidates: number of scale multiples tried, evenly spaced in ``[lo, hi]`` (>= 2).
       lo, hi: range of multiples of the absmax scale.
+      refine: if > 1, a second pass tries ``refine`` multiples spanning one coarse step on
+        either side of each scale's best (finer resolution for few extra evaluations).
       importance: optional ``(in_features,)`` (or ``(..., in_features)`` for stacked kernels)
         non-negative weights of each input feature in the squared-error objective.
     """
 
-    candidates: int = 101
+    candidates: int = 41
     lo: float = 0.5
     hi: float = 1.5
+    refine: int = 21
     importance: Optional[Any] = None
 
     def __post_init__(self):
@@ -212,8 +215,8 @@ class ScaleSearch:
             raise ValueError(f"ScaleSearch needs candidates >= 2 and 0 < lo < hi, got {self}")
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6))
-def _quantize_search_jit(kernel, importance, fmt: FPxFormat, group_size, candidates: int, lo: float, hi: float):
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
+def _quantize_search_jit(kernel, importance, fmt: FPxFormat, group_size, candidates: int, lo: float, hi: float, refine: int):
     *lead, k_in, n_out = kernel.shape
     n_pad, k_pad = layout.padded_shape(k_in, n_out, group_size)
     wt = jnp.swapaxes(kernel.astype(jnp.float32), -1, -2)  # [..., N, K]
@@ -230,14 +233,23 @@ def _quantize_search_jit(kernel, importance, fmt: FPxFormat, group_size, candida
         q = decode(encode(jnp.where(jnp.isfinite(s), wg / s, 0.0), fmt), fmt) * s
         return jnp.sum(ig * jnp.square(q - wg), axis=-1)
 
-    def body(i, carry):
-        best_s, best_e = carry
-        cand = base * (lo + (hi - lo) * i / (candidates - 1))
-        e = err(cand)
-        better = e < best_e
-        return jnp.where(better, cand, best_s), jnp.where(better, e, best_e)
+    def search(ratio_of, n, carry):
+        def body(i, carry):
+            best_r, best_e = carry
+            r = jnp.maximum(ratio_of(i, best_r), 0.5 * lo)
+            e = err(base * r)
+            better = e < best_e
+            return jnp.where(better, r, best_r), jnp.where(better, e, best_e)
 
-    scale, _ = jax.lax.fori_loop(0, candidates, body, (base, err(base)))
+        return jax.lax.fori_loop(0, n, body, carry)
+
+    step = (hi - lo) / (candidates - 1)
+    carry = (jnp.ones_like(base), err(base))
+    carry = search(lambda i, r: jnp.full_like(r, lo + step * i), candidates, carry)
+    if refine > 1:  # second pass: `refine` ratios spanning +-1 coarse step around each best ratio
+        r1 = carry[0]
+        carry = search(lambda i, r: r1 + step * (2.0 * i / (refine - 1) - 1.0), refine, carry)
+    scale = base * carry[0]
     per_elem = jnp.repeat(scale, g, axis=-1)
     codes = encode(jnp.where(jnp.isfinite(per_elem), wt / per_elem, 0.0), fmt)
     return pack(codes, fmt.bits), scale

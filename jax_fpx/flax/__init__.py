@@ -9,7 +9,7 @@ nnx:
   ``FPxLinear``: ``nnx.Linear`` counterpart; ``quantize_nnx(model, fmt)`` converts in place.
 """
 
-from .convert import DEFAULT_EXCLUDE, dequantize_params, fpx_dense_interceptor, quantize_params
+from .convert import DEFAULT_EXCLUDE, dense_input_stats, dequantize_params, fpx_dense_interceptor, quantize_params
 from .linen import FPxDense, FPxDenseGeneral
 from .nnx import FPxLinear, quantize_nnx
 
@@ -20,6 +20,7 @@ __all__ = [
     "quantize_nnx",
     "quantize_params",
     "dequantize_params",
+    "dense_input_stats",
     "fpx_dense_interceptor",
     "DEFAULT_EXCLUDE",
 ]

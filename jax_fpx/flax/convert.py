@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import re
 import sys
@@ -19,11 +20,11 @@ import jax.numpy as jnp
 from flax.core import FrozenDict
 
 from ..formats import FormatLike, get_format
-from ..quantize import quantize
+from ..quantize import ScaleSearch, quantize
 from ..weight import FPxWeight
 from ._op import fpx_matmul
 
-__all__ = ["quantize_params", "fpx_dense_interceptor", "dequantize_params", "DEFAULT_EXCLUDE"]
+__all__ = ["quantize_params", "fpx_dense_interceptor", "dequantize_params", "dense_input_stats", "DEFAULT_EXCLUDE"]
 
 #: Paths (regex, searched in "a/b/kernel") left dense unless ``exclude`` is overridden.
 DEFAULT_EXCLUDE: tuple[str, ...] = (r"(^|/)lm_head(/|$)",)
@@ -74,6 +75,8 @@ def quantize_params(
     dense_general: Optional[Mapping[str, int]] = None,
     donate: bool = False,
     progress: Optional[bool] = None,
+    scale_search: Any = None,
+    importance: Optional[Mapping[str, Any]] = None,
 ) -> Any:
     """Quantize every Dense kernel of a linen param tree to :class:`FPxWeight`.
 
@@ -101,6 +104,12 @@ def quantize_params(
         ``(prod(shape[:n]), prod(shape[n:]))`` first (what ``FPxDenseGeneral`` and the
         interceptor expect). Leading stacked axes are not supported there.
       donate: delete each original kernel once quantized.
+      scale_search: passed to :func:`jax_fpx.quantize` (``None``: absmax scales; ``True`` or a
+        :class:`jax_fpx.quantize.ScaleSearch`: per-scale search minimizing weight MSE).
+      importance: optional ``{module_path: (in_features,) array}`` (e.g. from
+        :func:`dense_input_stats`); a layer found there gets an importance-weighted scale
+        search (``scale_search`` or a default :class:`ScaleSearch`) -- activation-aware
+        clipping without changing the model.
       progress: show a tqdm bar (``None``: only when stderr is a terminal).
 
     Returns:
@@ -136,7 +145,12 @@ def quantize_params(
             kernel = leaf
             if n_in is not None:
                 kernel = jnp.reshape(leaf, (math.prod(leaf.shape[:n_in]), math.prod(leaf.shape[n_in:])))
-            q = quantize(kernel, fmt, group_size=group_size)
+            ss = scale_search
+            mod_path = _path_str(path[:-1])
+            if importance is not None and mod_path in importance and n_in is None:
+                base = scale_search if isinstance(scale_search, ScaleSearch) else ScaleSearch()
+                ss = dataclasses.replace(base, importance=importance[mod_path])
+            q = quantize(kernel, fmt, group_size=group_size, scale_search=ss)
             jax.block_until_ready((q.data, q.scale))  # bound peak memory: one layer in flight
             if donate and isinstance(leaf, jax.Array) and not leaf.is_deleted():
                 if kernel is not leaf:
@@ -223,3 +237,37 @@ def fpx_dense_interceptor(*, impl: str = "auto", act_dtype: Any = None):
 
     with nn.intercept_methods(interceptor):
         yield hits
+
+
+@contextlib.contextmanager
+def dense_input_stats(token_weights: Any = None):
+    """Collect the mean squared input of every ``nn.Dense`` call (calibration for ``importance``).
+
+    Run the *unquantized* model eagerly (not under ``jit``) inside the context on a few
+    calibration batches; the yielded dict maps each Dense module path to the running mean
+    of ``x**2`` per input feature (float32 numpy). ``token_weights`` (e.g. an attention mask
+    of shape ``x.shape[:-1]``) down-weights padding positions where the shapes match.
+    """
+    import numpy as np
+
+    sums: dict[str, Any] = {}
+    counts: dict[str, float] = {}
+    stats: dict[str, Any] = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        mod = context.module
+        if context.method_name == "__call__" and isinstance(mod, nn.Dense) and args:
+            x = np.asarray(args[0], np.float32)
+            w = None
+            if token_weights is not None and np.shape(token_weights) == x.shape[:-1]:
+                w = np.asarray(token_weights, np.float32)[..., None]
+            x2 = x * x if w is None else x * x * w
+            n = float(np.prod(x.shape[:-1])) if w is None else float(w.sum())
+            key = "/".join(mod.scope.path)
+            sums[key] = sums.get(key, 0.0) + x2.reshape(-1, x.shape[-1]).sum(0)
+            counts[key] = counts.get(key, 0.0) + n
+            stats[key] = sums[key] / max(counts[key], 1e-9)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        yield stats

@@ -23,7 +23,10 @@ import numpy as np
 
 from ..convert import fpx_dense_interceptor
 
-__all__ = ["BertConfig", "BertEncoder", "minilm_dir", "load_bert", "tokenize", "encode", "SENTENCES"]
+__all__ = [
+    "BertConfig", "BertEncoder", "minilm_dir", "load_bert", "tokenize", "encode", "calibrate", "fidelity",
+    "SENTENCES", "CALIBRATION",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,3 +217,58 @@ SENTENCES = [
     "My laptop battery drains too fast when I watch videos.",
     "The museum's new exhibit features ancient Egyptian artifacts.",
 ]
+
+# Calibration text for activation-aware scale search (disjoint from SENTENCES, the eval set).
+CALIBRATION = [
+    "The weather today is sunny with a light breeze.",
+    "He plays guitar in a small jazz band on weekends.",
+    "Neural networks learn representations from data.",
+    "The train to Berlin leaves at seven in the morning.",
+    "Our team shipped the new feature after weeks of testing.",
+    "Cats often sleep for more than twelve hours a day.",
+    "What is the best way to learn a new language?",
+    "The river flooded the village after days of heavy rain.",
+    "She painted a portrait of her grandmother.",
+    "Investors are worried about rising interest rates.",
+    "The recipe calls for two cups of flour and one egg.",
+    "Astronomers discovered a planet orbiting a distant star.",
+    "Please remember to lock the door when you leave.",
+    "The football match ended in a dramatic penalty shootout.",
+    "Solar panels convert sunlight into electricity.",
+    "A child is building a sandcastle on the beach.",
+]
+
+
+def calibrate(model: BertEncoder, params, tok, sentences: Sequence[str] = CALIBRATION) -> dict:
+    """Mean squared input per feature of every Dense layer on calibration sentences (eager run)."""
+    from ..convert import dense_input_stats
+
+    ids, mask, types = tokenize(tok, sentences)
+    with dense_input_stats(token_weights=mask) as stats:
+        model.apply({"params": params}, ids, mask, types)
+    return dict(stats)
+
+
+def fidelity(model, params, tok, fmt, group_size=None, *, method="rtn", stats=None, impl="xla", sentences=SENTENCES,
+             ref=None, candidates=None):
+    """Mean cosine between FPx-model and f32-model sentence embeddings (both L2-normalized).
+
+    ``method``: ``"rtn"`` (absmax scales, round to nearest), ``"mse"`` (scale search on weight
+    MSE) or ``"aware"`` (scale search weighted by calibration activation statistics ``stats``).
+    Returns ``(mean_cosine, min_cosine)``.
+    """
+    from ...quantize import ScaleSearch
+    from ..convert import quantize_params
+
+    ids, mask, types = tokenize(tok, sentences)
+    if ref is None:
+        ref = encode(model, params, ids, mask, types, impl=impl)
+    ss = None if method == "rtn" else ScaleSearch(**({} if candidates is None else {"candidates": candidates}))
+    if method == "aware" and stats is None:
+        stats = calibrate(model, params, tok)
+    q = quantize_params(
+        params, fmt, group_size=group_size, scale_search=ss, importance=stats if method == "aware" else None
+    )
+    emb = encode(model, q, ids, mask, types, impl=impl)
+    cos = np.asarray(jnp.sum(emb * ref, axis=-1))
+    return float(cos.mean()), float(cos.min())
