@@ -64,6 +64,10 @@ def linear(
         deserialized module. ``FPxWeight`` pytrees serialize (registered by ``jax_fpx``).
     """
     x, bias = _check_inputs(x, w, bias, impl, split_k)
+    if _explicitly_sharded(x, w.data, w.scale, bias):  # jax.sharding.AxisType.Explicit meshes
+        from . import sharding
+
+        return sharding._linear_explicit(x, w, bias, impl, split_k)
     lead = x.shape[:-1]
     m = math.prod(lead)
     n = w.out_features
@@ -71,6 +75,24 @@ def linear(
         return jnp.zeros((*lead, n), x.dtype)
     y = _linear_2d(x.reshape(m, w.in_features), w, bias, impl, split_k)
     return y.reshape(*lead, n)
+
+
+def _explicitly_sharded(*arrays) -> bool:
+    for a in arrays:
+        if a is None:
+            continue
+        try:
+            sh = jax.typeof(a).sharding
+        except Exception:  # pragma: no cover - older jax / non-array
+            return False
+        mesh = getattr(sh, "mesh", None)
+        if mesh is None or getattr(mesh, "empty", True):
+            continue
+        if any(e is not None for e in sh.spec) and any(
+            t == jax.sharding.AxisType.Explicit for t in getattr(mesh, "axis_types", ())
+        ):
+            return True
+    return False
 
 
 def export_disabled_checks() -> list:
@@ -289,6 +311,24 @@ def _kernel_unbatched(x3, data, scale, bias2, meta):
         x3 = jnp.broadcast_to(x3, (bb, m, k))
         bx = bb
     batch = max(bx, bw)
+    if batch == 1:  # the plain 2-D call: partitioned under sharding (jax_fpx.sharding)
+        from . import sharding as _sharding  # (imports ops)
+
+        y = _sharding.linear_2d(x3[0], data[0], scale[0], bias2[0] if has_bias else None, meta)
+        return y[None]
+    return _dispatch(x3, data, scale, bias2, meta, batch)
+
+
+def _dispatch_2d(x2, data, scale, bias, meta):
+    """One (M, K) x packed (K, N) product on this device: the FFI kernel or the fallback."""
+    bias2 = jnp.zeros((1, 0), jnp.float32) if bias is None else bias.astype(jnp.float32)[None]
+    return _dispatch(x2[None], data[None], scale[None], bias2, meta, 1)[0]
+
+
+def _dispatch(x3, data, scale, bias2, meta, batch):
+    fmt, shape, group_size, impl, split_k = meta
+    m = x3.shape[1]
+    has_bias = bias2.shape[-1] > 0
     n_pad, k_pad = layout.padded_shape(*shape, group_size)
     k_blocks = k_pad // layout.K_BLOCK
     fp16 = jnp.dtype(x3.dtype) == jnp.dtype(jnp.float16)

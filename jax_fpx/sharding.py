@@ -23,23 +23,36 @@ Two ways to use it:
 * :func:`shard_weight` / :func:`weight_sharding` -- place an :class:`FPxWeight` on a mesh
   with the leaf shardings that match a logical ``PartitionSpec(in_axis, out_axis)``.
 
-Under ``jax.jit`` with sharded inputs, a plain ``jax_fpx.linear`` call (no wrapper)
-gives correct results too, but XLA's partitioner cannot look inside the custom call: it
-gathers the operands (replicates the weights) first. Use :func:`sharded_linear` in
-tensor-parallel models.
+* nothing: a plain ``jax_fpx.linear`` under ``jax.jit`` with sharded operands (e.g. params
+  placed with :func:`shard_weight`, Flax partitioning) is partitioned by the op itself
+  (``jax.experimental.custom_partitioning`` with a Shardy sharding rule -- Shardy is JAX's
+  default partitioner since 0.7 -- and a GSPMD ``infer_sharding_from_operands`` for
+  ``jax_use_shardy_partitioner=False``). It follows the weights: N split over the axis on
+  ``data`` axis 0, K over the axis on ``data`` axis 1 (partials all-reduced in float32), M
+  over the axis on x's axis 0; a split that breaks a tile/block/group is dropped
+  (replicated) instead. Set ``jax_fpx.sharding.AUTO_PARTITION = False`` to turn it off
+  (then XLA gathers the operands of the custom call). Note: ``jax.export`` of a *multi-
+  device* function containing it cannot be serialized (the partitioner callback lives in
+  this process); export single-device functions or use :func:`sharded_linear`.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from . import layout
+from . import layout, ops
 from .ops import linear
 from .weight import FPxWeight
+
+# Partition plain ``jax_fpx.linear`` calls under sharding (custom_partitioning); read at trace time.
+AUTO_PARTITION = True
 
 __all__ = ["sharded_linear", "shard_weight", "weight_sharding", "weight_specs", "check_shardable"]
 
@@ -179,3 +192,167 @@ def sharded_linear(
         check_vma=False,
     )
     return fn(*args)
+
+
+# --- automatic partitioning of the plain op (custom_partitioning + Shardy rule) ----------------
+def linear_2d(x2, data, scale, bias, meta):
+    """ops' 2-D entry: ``(M, K) x packed -> (M, N)``; partitionable when AUTO_PARTITION."""
+    if not AUTO_PARTITION:
+        return ops._dispatch_2d(x2, data, scale, bias, meta)
+    fn = _partitioned(meta, bias is not None)
+    args = (x2, data, scale) if bias is None else (x2, data, scale, bias.astype(jnp.float32))
+    return fn(*args)
+
+
+def _sdy_rule(meta, has_bias):
+    """Einsum-like Shardy rule tying the packed dims to the logical ones where they align."""
+    _, (k, n), group, _, _ = meta
+    n_pad, k_pad = layout.padded_shape(k, n, group)
+    sizes, reduction, replicate = {}, [], ["w"]
+    if n == n_pad:  # N = nt * 16: y/bias/scale rows shard with the data's row tiles
+        yn, dn, sn = "(nt r)", "nt", "(nt r)"
+        sizes["r"] = layout.ROW_TILE
+        replicate.append("r")
+    else:
+        yn, dn, sn = "n", "nt", "np"
+        replicate += ["n", "nt", "np"]
+    if k == k_pad:  # K = blocks * 64 (groups of gb blocks)
+        sizes["c"] = layout.K_BLOCK
+        replicate.append("c")
+        gb = 1 if group is None else group // layout.K_BLOCK
+        if group is None:
+            xk, dk, sk = "(kb c)", "kb", "s"
+            reduction.append("kb")
+            replicate.append("s")
+        elif gb == 1:
+            xk, dk, sk = "(kg c)", "kg", "kg"
+            reduction.append("kg")
+        else:
+            xk, dk, sk = "(kg gb c)", "(kg gb)", "kg"
+            sizes["gb"] = gb
+            reduction.append("kg")
+            replicate.append("gb")
+    else:
+        xk, dk, sk = "k", "kb", "s"
+        replicate += ["k", "kb", "s"]
+    operands = [f"m {xk}", f"{dn} {dk} w", f"{sn} {sk}"] + ([yn] if has_bias else [])
+    rule = ", ".join(operands) + f" -> m {yn}"
+    # Shardy wants special factors listed in factor-index order (order of first appearance)
+    order = list(dict.fromkeys(rule.replace("(", " ").replace(")", " ").replace(",", " ").split()))
+    ordered = lambda fs: tuple(sorted(set(fs), key=order.index))  # noqa: E731
+    return rule, dict(reduction_factors=ordered(reduction), need_replication_factors=ordered(replicate), **sizes)
+
+
+def _spec(sharding, ndim):
+    spec = sharding if isinstance(sharding, P) else getattr(sharding, "spec", ())
+    spec = tuple(spec or ())
+    return spec + (None,) * (ndim - len(spec))
+
+
+def _axes(entry) -> tuple:
+    if entry is None:
+        return ()
+    return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
+
+
+def _decide(meta, mesh, arg_shapes):
+    """(batch_axis, in_axis, out_axis) this call can run with, from the operand shardings."""
+    fmt, shape, group, _, _ = meta
+    w = FPxWeight(arg_shapes[1], arg_shapes[2], fmt, shape, group)
+    xs, ds = _spec(arg_shapes[0].sharding, 2), _spec(arg_shapes[1].sharding, 3)
+    out_axis, in_axis = ds[0], ds[1]
+    for which in ("out", "in"):
+        try:
+            check_shardable(w, mesh, in_axis, out_axis)
+        except ValueError:
+            if which == "out":
+                out_axis = None
+            else:
+                in_axis = None
+    if in_axis is not None:
+        try:
+            check_shardable(w, mesh, in_axis, None)
+        except ValueError:
+            in_axis = None
+    used = set(_axes(in_axis)) | set(_axes(out_axis))
+    batch_axis = xs[0]
+    if batch_axis is not None and (
+        set(_axes(batch_axis)) & used or arg_shapes[0].shape[0] % _axis_size(mesh, batch_axis)
+    ):
+        batch_axis = None
+    return batch_axis, in_axis, out_axis
+
+
+def _shardings(meta, has_bias, mesh, decided):
+    batch_axis, in_axis, out_axis = decided
+    group = meta[2]
+    ns = functools.partial(NamedSharding, mesh)
+    args = [ns(P(batch_axis, in_axis)), ns(P(out_axis, in_axis, None)), ns(P(out_axis, in_axis if group else None))]
+    if has_bias:
+        args.append(ns(P(out_axis)))
+    return ns(P(batch_axis, out_axis)), tuple(args)
+
+
+def _infer(meta, has_bias, mesh, arg_shapes, result_shape):
+    del result_shape
+    return _shardings(meta, has_bias, mesh, _decide(meta, mesh, arg_shapes))[0]
+
+
+def _partition(meta, has_bias, mesh, arg_shapes, result_shape):
+    del result_shape
+    decided = _decide(meta, mesh, arg_shapes)
+    _, in_axis, out_axis = decided
+    out_sharding, arg_shardings = _shardings(meta, has_bias, mesh, decided)
+    fmt, (k, n), group, impl, split_k = meta
+    local = (fmt, (k // _axis_size(mesh, in_axis), n // _axis_size(mesh, out_axis)), group, impl, split_k)
+
+    def lower_fn(x2, data, scale, *bias):
+        b = bias[0] if bias else None
+        if in_axis is None:
+            return ops._dispatch_2d(x2, data, scale, b, local)
+        part = ops._dispatch_2d(x2, data, scale, None, local).astype(jnp.float32)
+        y = jax.lax.psum(part, in_axis)
+        if b is not None:
+            y = y + b
+        return y.astype(x2.dtype)
+
+    return mesh, lower_fn, out_sharding, arg_shardings
+
+
+@functools.lru_cache(maxsize=None)
+def _partitioned(meta, has_bias):
+    def body(x2, data, scale, *bias):
+        return ops._dispatch_2d(x2, data, scale, bias[0] if bias else None, meta)
+
+    fn = custom_partitioning(body)
+    rule, kw = _sdy_rule(meta, has_bias)
+    fn.def_partition(
+        partition=functools.partial(_partition, meta, has_bias),
+        infer_sharding_from_operands=functools.partial(_infer, meta, has_bias),
+        sharding_rule=rule,
+        **kw,
+    )
+    return fn
+
+
+def _linear_explicit(x, w, bias, impl, split_k):
+    """``linear`` on operands with explicit (sharding-in-types) shardings: a shard_map over
+    the axes the weights are split on (checked/dropped as in the automatic path)."""
+    xt, dt = jax.typeof(x), jax.typeof(w.data)
+    mesh = dt.sharding.mesh if not getattr(dt.sharding.mesh, "empty", True) else xt.sharding.mesh
+    xs, ds = _spec(xt.sharding, x.ndim), _spec(dt.sharding, 3)
+    shapes = (jax.ShapeDtypeStruct(x.shape if x.ndim > 1 else (1, x.shape[0]), x.dtype),)
+    shapes += (jax.ShapeDtypeStruct(w.data.shape, w.data.dtype), jax.ShapeDtypeStruct(w.scale.shape, w.scale.dtype))
+
+    class _S:  # minimal "arg shape with sharding" for _decide
+        def __init__(self, s, spec):
+            self.shape, self.dtype, self.sharding = s.shape, s.dtype, P(*spec)
+
+    args = (_S(shapes[0], xs if x.ndim > 1 else (None, xs[0])), _S(shapes[1], ds), _S(shapes[2], ()))
+    meta = (w.fmt, w.shape, w.group_size, impl, split_k)
+    batch_axis, in_axis, out_axis = _decide(meta, mesh, args)
+    if x.ndim == 1:
+        return sharded_linear(x[None], w, bias, mesh=mesh, in_axis=in_axis, out_axis=out_axis, impl=impl, split_k=split_k)[0]
+    return sharded_linear(
+        x, w, bias, mesh=mesh, batch_axis=batch_axis, in_axis=in_axis, out_axis=out_axis, impl=impl, split_k=split_k
+    )
