@@ -10,7 +10,7 @@ python3 -m pip install --no-build-isolation --no-deps -e . --config-settings=cma
   --config-settings=build.verbose=false > $OUT/build.log 2>&1 || { tail -50 $OUT/build.log; exit 1; }
 echo "build $(( $(date +%s) - t0 )) s"
 if [ "$1" != "SKIP" ]; then
-  timeout 420 python3 -m pytest -q -x tests/test_gpu_linear.py $1 2>&1 | tee $OUT/pytest.log | tail -25
+  timeout 420 python3 -m pytest -q -x tests/test_gpu_linear.py ${PYTEST_K:+-k "$PYTEST_K"} $1 2>&1 | tee $OUT/pytest.log | tail -25
 fi
 if [ "$3" == "sanitize" ]; then
   for tool in memcheck racecheck; do

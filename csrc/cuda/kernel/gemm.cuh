@@ -112,14 +112,18 @@ __global__ void __launch_bounds__(kThreads, MinCtasPerSm<MT>()) FpxGemmKernel(Ge
       else LoadActSlow(xp[i] + ib * kKBlock, kleft0 - int64_t(ib) * kKBlock, dst[i]);
     }
   };
-  // Small token tiles: activations are loaded one block ahead (their L1/L2 latency hides
-  // behind the current block's dequantization).
+  // Small token tiles: activations come two blocks ahead in two register slots (their L1/L2
+  // latency hides behind the dequantization); slot = block parity (D is even).
+  static_assert(D % 2 == 0, "ring depth must be even");
   constexpr bool kPrefetchX = MT <= 2;
-  uint32_t xn[kPrefetchX ? MT : 1][8];
+  uint32_t xs[kPrefetchX ? 2 : 1][MT][8];
   if constexpr (kPrefetchX) {
-    if (nblocks > 0) load_x(0, xn);
+    if (nblocks > 0) load_x(0, xs[0]);
+    if (nblocks > 1) load_x(1, xs[1]);
   }
 
+  // Weight ring: block i0 + d sits in ring[d]; it is consumed first, then refilled with block
+  // i0 + d + D (no register copies).
   uint32_t ring[D][BITS];
 #pragma unroll
   for (int d = 0; d < D; ++d)
@@ -133,31 +137,24 @@ __global__ void __launch_bounds__(kThreads, MinCtasPerSm<MT>()) FpxGemmKernel(Ge
   }
   const int gb = static_cast<int>(p.group_blocks);
 
-  for (int i0 = 0; i0 < nblocks; i0 += D) {
+  const uint32_t* wnext = wp + D * kBlockWords;
+  for (int i0 = 0; i0 < nblocks; i0 += D, wnext += D * kBlockWords) {
 #pragma unroll
     for (int d = 0; d < D; ++d) {
       const int ib = i0 + d;
       if (ib < nblocks) {
-        uint32_t w[BITS];
-#pragma unroll
-        for (int q = 0; q < BITS; ++q) w[q] = ring[d][q];
-        if (ib + D < nblocks) LoadBlock<BITS>(wp + (ib + D) * kBlockWords, lane, ring[d]);
+        uint32_t(&xr)[MT][8] = xs[kPrefetchX ? (d & 1) : 0];
+        if constexpr (!kPrefetchX) load_x(ib, xr);
 
-        uint32_t xr[MT][8];
+        Step<E, MB, F16, MT, 0>(ring[d], xr, acc, tile_on);
+        Step<E, MB, F16, MT, 1>(ring[d], xr, acc, tile_on);
+        Step<E, MB, F16, MT, 2>(ring[d], xr, acc, tile_on);
+        Step<E, MB, F16, MT, 3>(ring[d], xr, acc, tile_on);
+
+        if (ib + D < nblocks) LoadBlock<BITS>(wnext + d * kBlockWords, lane, ring[d]);
         if constexpr (kPrefetchX) {
-#pragma unroll
-          for (int i = 0; i < MT; ++i)
-#pragma unroll
-            for (int e = 0; e < 8; ++e) xr[i][e] = xn[i][e];
-          if (ib + 1 < nblocks) load_x(ib + 1, xn);
-        } else {
-          load_x(ib, xr);
+          if (ib + 2 < nblocks) load_x(ib + 2, xr);
         }
-
-        Step<E, MB, F16, MT, 0>(w, xr, acc, tile_on);
-        Step<E, MB, F16, MT, 1>(w, xr, acc, tile_on);
-        Step<E, MB, F16, MT, 2>(w, xr, acc, tile_on);
-        Step<E, MB, F16, MT, 3>(w, xr, acc, tile_on);
 
         if (ib + 1 == flush_rel) {  // end of a scale group (or of this split's K range)
           const int64_t grp = p.groups == 1 ? 0 : (kb0 + ib) / gb;
