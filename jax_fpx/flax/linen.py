@@ -27,6 +27,14 @@ def _quantized_init(kernel_init, shape, param_dtype, fmt, group_size):
     return init
 
 
+def _precheck(mod: nn.Module, where: str) -> None:
+    """Clear error for dense params given to an FPx layer (before Flax's shape check)."""
+    if mod.has_variable("params", "kernel"):
+        k = mod.get_variable("params", "kernel")
+        if not isinstance(k, FPxWeight):
+            _check_kernel(k, 0, 0, where)
+
+
 def _check_kernel(kernel, in_features, out_features, where):
     if not isinstance(kernel, FPxWeight):
         raise TypeError(
@@ -68,6 +76,7 @@ class FPxDense(nn.Module):
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
         in_features = jnp.shape(inputs)[-1]
+        _precheck(self, f"FPxDense {'/'.join(self.scope.path)}")
         kernel = self.param(
             "kernel",
             _quantized_init(self.kernel_init, (in_features, self.features), self.param_dtype, self.fmt, self.group_size),
@@ -124,6 +133,7 @@ class FPxDenseGeneral(nn.Module):
             )
         in_shape = jnp.shape(inputs)[ndim - len(axes) :]
         k_in, n_out = math.prod(in_shape), math.prod(features)
+        _precheck(self, f"FPxDenseGeneral {'/'.join(self.scope.path)}")
         kernel = self.param(
             "kernel", _quantized_init(self.kernel_init, (k_in, n_out), self.param_dtype, self.fmt, self.group_size)
         )
