@@ -3,6 +3,7 @@
     python benchmarks/scan_bench.py                    # GPU: d=8192, 6 layers, M in {1, 16}
     python benchmarks/scan_bench.py --d 1024 --m 4     # quick CPU run
     XLA_FLAGS=--xla_gpu_enable_dynamic_slice_fusion=true python benchmarks/scan_bench.py
+    python benchmarks/scan_bench.py --compare-dsf      # both of the above, one after the other
 
 Variants (same stacked weights, quantized once):
   scan       ``lax.scan`` over an FPxWeight stacked on a leading layer axis (what ``nn.scan``
@@ -159,7 +160,23 @@ def main(argv=None) -> int:
     p.add_argument("--impl", default="auto")
     p.add_argument("--dump-hlo", default=None, help="write the scan variant's optimized HLO here")
     p.add_argument("--out", default=None, help="append JSON rows to this file")
+    p.add_argument(
+        "--compare-dsf",
+        action="store_true",
+        help="also run this benchmark in a subprocess with XLA_FLAGS+=--xla_gpu_enable_dynamic_slice_fusion=true",
+    )
     a = p.parse_args(argv)
+    if a.compare_dsf:
+        import os
+        import subprocess
+
+        rest = [v for v in (argv if argv is not None else sys.argv[1:]) if v != "--compare-dsf"]
+        env = dict(os.environ)
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_gpu_enable_dynamic_slice_fusion=true").strip()
+        print("# --- default XLA flags ---", flush=True)
+        rc = subprocess.call([sys.executable, __file__, *rest])
+        print("# --- XLA_FLAGS=" + env["XLA_FLAGS"] + " ---", flush=True)
+        return rc or subprocess.call([sys.executable, __file__, *rest], env=env)
 
     global jax
     import jax
