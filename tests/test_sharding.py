@@ -69,6 +69,18 @@ SCRIPT = textwrap.dedent(
         w80s = jax.device_put(w80, S.weight_sharding(w80, auto, None, "data"))
         y = jax.jit(jax_fpx.linear)(x2, w80s)
         out[f"plain/{tag}/unaligned"] = {"exact": bool(np.array_equal(np.asarray(y, np.float32), np.asarray(jax_fpx.linear(x2, w80), np.float32)))}
+        # lax.scan over a stacked weight whose N axis is sharded (nn.scan + tensor parallel)
+        st = jax_fpx.quantize(jax.random.normal(jax.random.key(7), (3, 256, 256)) / 16)
+        spec = jax_fpx.FPxWeight(NamedSharding(auto, P(None, "model", None, None)), NamedSharding(auto, P(None, "model", None)),
+                                 st.fmt, st.shape, st.group_size)
+        f = jax.jit(lambda h, ws: jax.lax.scan(lambda h, w: (jnp.tanh(jax_fpx.linear(h, w)), None), h, ws)[0])
+        xs = jax.random.normal(jax.random.key(8), (8, 256), jnp.float32).astype(jnp.bfloat16)
+        args = (jax.device_put(xs, NamedSharding(auto, P("data"))), jax.device_put(st, spec))
+        y = f(*args)
+        hlo = f.lower(*args).compile().as_text()
+        out[f"plain/{tag}/scan"] = {"exact": bool(np.array_equal(np.asarray(y, np.float32), np.asarray(f(xs, st), np.float32))),
+                                    "u32_all_gather": "u32" in " ".join(l for l in hlo.splitlines() if "all-gather" in l),
+                                    **hlo_info(f, *args)}
         if tag == "gspmd":
             return
         # explicit-sharding meshes: plain linear (forward and grad) runs as a shard_map
@@ -249,7 +261,7 @@ def test_grad_through_sharded_linear(report):
 
 
 def _check_plain(rep, tag):
-    cases = {k: v for k, v in rep.items() if k.startswith(f"plain/{tag}/") and not k.endswith("unaligned")}
+    cases = {k: v for k, v in rep.items() if k.startswith(f"plain/{tag}/") and not k.endswith(("unaligned", "scan"))}
     assert len(cases) >= 3, list(rep)
     for key, r in cases.items():
         row = "row" in key
@@ -258,6 +270,8 @@ def _check_plain(rep, tag):
         assert r["n_calls"] == 1 and not r["u32_all_gather"], (key, r)  # weights stay sharded
         assert r["all_reduce"] == row, (key, r)  # partial sums reduced only for row-parallel
     assert rep[f"plain/{tag}/unaligned"]["exact"]
+    r = rep[f"plain/{tag}/scan"]  # scanned layers keep their N-sharded weights: local [4 of 16 tiles]
+    assert r["exact"] and not r["u32_all_gather"] and "u32[4,4,192]" in r["operands"], r
 
 
 def test_plain_linear_partitions_itself_shardy(report):
