@@ -53,13 +53,14 @@ __device__ __forceinline__ void LoadActSlow(const uint16_t* p, int64_t kleft, ui
 }
 
 // Resident CTAs per SM the register budget is capped for (more warps -> more bytes in flight).
-template <int MT>
+// (MT=1: 6 CTAs = 24 warps/SM at <= 80 registers; the 8-deep fp4 ring needs 5.)
+template <int MT, int BITS>
 constexpr int MinCtasPerSm() {
-  return MT == 1 ? 5 : MT == 2 ? 4 : MT == 4 ? 3 : 2;
+  return MT == 1 ? (BITS <= 4 ? 5 : 6) : MT == 2 ? 4 : MT == 4 ? 3 : 2;
 }
 
 template <int E, int MB, bool F16, int MT, int D>
-__global__ void __launch_bounds__(kThreads, MinCtasPerSm<MT>()) FpxGemmKernel(GemmParams p) {
+__global__ void __launch_bounds__(kThreads, MinCtasPerSm<MT, 1 + E + MB>()) FpxGemmKernel(GemmParams p) {
   constexpr int BITS = 1 + E + MB;
   constexpr int kBlockWords = kLanes * BITS;
 
