@@ -41,6 +41,7 @@ from __future__ import annotations
 from typing import Optional
 
 import functools
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -261,19 +262,16 @@ def _decide(meta, mesh, arg_shapes):
     w = FPxWeight(arg_shapes[1], arg_shapes[2], fmt, shape, group)
     xs, ds = _spec(arg_shapes[0].sharding, 2), _spec(arg_shapes[1].sharding, 3)
     out_axis, in_axis = ds[0], ds[1]
-    for which in ("out", "in"):
+
+    def ok(i, o):
         try:
-            check_shardable(w, mesh, in_axis, out_axis)
+            check_shardable(w, mesh, i, o)
+            return True
         except ValueError:
-            if which == "out":
-                out_axis = None
-            else:
-                in_axis = None
-    if in_axis is not None:
-        try:
-            check_shardable(w, mesh, in_axis, None)
-        except ValueError:
-            in_axis = None
+            return False
+
+    out_axis = out_axis if ok(None, out_axis) else None  # else: replicate that dim
+    in_axis = in_axis if ok(in_axis, None) else None
     used = set(_axes(in_axis)) | set(_axes(out_axis))
     batch_axis = xs[0]
     if batch_axis is not None and (
@@ -341,14 +339,12 @@ def _linear_explicit(x, w, bias, impl, split_k):
     xt, dt = jax.typeof(x), jax.typeof(w.data)
     mesh = dt.sharding.mesh if not getattr(dt.sharding.mesh, "empty", True) else xt.sharding.mesh
     xs, ds = _spec(xt.sharding, x.ndim), _spec(dt.sharding, 3)
-    shapes = (jax.ShapeDtypeStruct(x.shape if x.ndim > 1 else (1, x.shape[0]), x.dtype),)
-    shapes += (jax.ShapeDtypeStruct(w.data.shape, w.data.dtype), jax.ShapeDtypeStruct(w.scale.shape, w.scale.dtype))
-
-    class _S:  # minimal "arg shape with sharding" for _decide
-        def __init__(self, s, spec):
-            self.shape, self.dtype, self.sharding = s.shape, s.dtype, P(*spec)
-
-    args = (_S(shapes[0], xs if x.ndim > 1 else (None, xs[0])), _S(shapes[1], ds), _S(shapes[2], ()))
+    x_shape = x.shape if x.ndim > 1 else (1, x.shape[0])
+    args = (  # what _decide reads of custom_partitioning's arg shapes: .shape and .sharding
+        SimpleNamespace(shape=x_shape, sharding=P(*(xs if x.ndim > 1 else (None, xs[0])))),
+        SimpleNamespace(shape=w.data.shape, sharding=P(*ds)),
+        SimpleNamespace(shape=w.scale.shape, sharding=P()),
+    )
     meta = (w.fmt, w.shape, w.group_size, impl, split_k)
     batch_axis, in_axis, out_axis = _decide(meta, mesh, args)
     if x.ndim == 1:

@@ -69,6 +69,14 @@ SCRIPT = textwrap.dedent(
         w80s = jax.device_put(w80, S.weight_sharding(w80, auto, None, "data"))
         y = jax.jit(jax_fpx.linear)(x2, w80s)
         out[f"plain/{tag}/unaligned"] = {"exact": bool(np.array_equal(np.asarray(y, np.float32), np.asarray(jax_fpx.linear(x2, w80), np.float32)))}
+        # K split inside a scale group (group 256 = 4 blocks over 4 devices) but N fine: only K is dropped
+        wg = jax_fpx.quantize(jax.random.normal(jax.random.key(9), (512, 256)), group_size=256)
+        wgs = jax.device_put(wg, jax_fpx.FPxWeight(NamedSharding(auto, P("data", "model", None)),
+                                                   NamedSharding(auto, P("data", None)), wg.fmt, wg.shape, wg.group_size))
+        f = jax.jit(jax_fpx.linear)
+        y = f(x2, wgs)
+        out[f"plain/{tag}/mixed"] = {"exact": bool(np.array_equal(np.asarray(y, np.float32), np.asarray(jax_fpx.linear(x2, wg), np.float32))),
+                                     **hlo_info(f, x2, wgs)}
         # lax.scan over a stacked weight whose N axis is sharded (nn.scan + tensor parallel)
         st = jax_fpx.quantize(jax.random.normal(jax.random.key(7), (3, 256, 256)) / 16)
         spec = jax_fpx.FPxWeight(NamedSharding(auto, P(None, "model", None, None)), NamedSharding(auto, P(None, "model", None)),
@@ -261,7 +269,7 @@ def test_grad_through_sharded_linear(report):
 
 
 def _check_plain(rep, tag):
-    cases = {k: v for k, v in rep.items() if k.startswith(f"plain/{tag}/") and not k.endswith(("unaligned", "scan"))}
+    cases = {k: v for k, v in rep.items() if k.startswith(f"plain/{tag}/") and not k.endswith(("unaligned", "scan", "mixed"))}
     assert len(cases) >= 3, list(rep)
     for key, r in cases.items():
         row = "row" in key
@@ -270,6 +278,8 @@ def _check_plain(rep, tag):
         assert r["n_calls"] == 1 and not r["u32_all_gather"], (key, r)  # weights stay sharded
         assert r["all_reduce"] == row, (key, r)  # partial sums reduced only for row-parallel
     assert rep[f"plain/{tag}/unaligned"]["exact"]
+    r = rep[f"plain/{tag}/mixed"]  # N stays split over 'data' (8 of 16 tiles), K is gathered
+    assert r["exact"] and "u32[8,8,192]" in r["operands"] and not r["all_reduce"], r
     r = rep[f"plain/{tag}/scan"]  # scanned layers keep their N-sharded weights: local [4 of 16 tiles]
     assert r["exact"] and not r["u32_all_gather"] and "u32[4,4,192]" in r["operands"], r
 
