@@ -4,6 +4,7 @@
     python benchmarks/scan_bench.py --d 1024 --m 4     # quick CPU run
     XLA_FLAGS=--xla_gpu_enable_dynamic_slice_fusion=true python benchmarks/scan_bench.py
     python benchmarks/scan_bench.py --compare-dsf      # both of the above, one after the other
+    python benchmarks/scan_bench.py --sharded          # + tensor parallel over all local GPUs
 
 Variants (same stacked weights, quantized once):
   scan       ``lax.scan`` over an FPxWeight stacked on a leading layer axis (what ``nn.scan``
@@ -165,6 +166,12 @@ def main(argv=None) -> int:
         action="store_true",
         help="also run this benchmark in a subprocess with XLA_FLAGS+=--xla_gpu_enable_dynamic_slice_fusion=true",
     )
+    p.add_argument(
+        "--sharded",
+        action="store_true",
+        help="also time the MLP tensor-parallel over all local devices (plain jax_fpx.linear on "
+        "sharded weights: column/row-parallel pairs unrolled, column-parallel under scan) vs one device",
+    )
     a = p.parse_args(argv)
     if a.compare_dsf:
         import os
@@ -255,6 +262,8 @@ def main(argv=None) -> int:
                 "(non-kernel path: CUDA kernel not built, or M above dispatch.GPU_KERNEL_MAX_M)",
                 file=sys.stderr,
             )
+    if a.sharded:
+        rows += _sharded_rows(a, stack, layers, layer, ms, d, L, dev, custom_call_feeds)
     if a.out:
         with open(a.out, "a") as f:
             for r in rows:
@@ -266,6 +275,70 @@ def main(argv=None) -> int:
             f"(goal <= 1.10); weights copied per iteration: {s['scan_weights_copied']}"
         )
     return 0
+
+
+def _sharded_rows(a, stack, layers, layer, ms, d, L, dev, feeds_fn):
+    """Tensor parallel over every local device vs the same MLP on device 0."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+    from jax_fpx import sharding as S
+
+    n = jax.device_count()
+    if n < 2:
+        print("# --sharded: only one device; skipped", file=sys.stderr)
+        return []
+    mesh = jax.make_mesh((n,), ("model",), axis_types=(AxisType.Auto,))
+    # Megatron pairs: column-parallel (N split) then row-parallel (K split, partials all-reduced)
+    tp_layers = [S.shard_weight(w, mesh, None, "model") if i % 2 == 0 else S.shard_weight(w, mesh, "model", None)
+                 for i, w in enumerate(layers)]
+    tp_stack = jax.device_put(stack, jax_fpx_stack_sharding(stack, mesh))
+
+    @jax.jit
+    def unrolled(h, ws):
+        for w in ws:
+            h = layer(h, w)
+        return h
+
+    @jax.jit
+    def scan_mlp(h, ws):
+        return jax.lax.scan(lambda h, w: (layer(h, w), None), h, ws)[0]
+
+    rows = []
+    for m in ms:
+        x = jax.random.normal(jax.random.key(1), (m, d), jnp.float32).astype(jnp.bfloat16)
+        xr = jax.device_put(x, NamedSharding(mesh, P()))
+        ref = unrolled(x, layers)
+        t1 = _time(unrolled, (x, layers), a.iters)
+        for method, fn, args in (("tp_unrolled_colrow", unrolled, (xr, tp_layers)), ("tp_scan_col", scan_mlp, (xr, tp_stack))):
+            y = fn(*args)
+            err = float(jnp.max(jnp.abs(y.astype(jnp.float32) - ref.astype(jnp.float32))))
+            hlo = fn.lower(*args).compile().as_text()
+            us = _time(fn, args, a.iters)
+            row = {
+                "method": method, "M": m, "d": d, "layers": L, "fmt": a.fmt, "devices": n, "us": round(us, 2),
+                "us_one_device": round(t1, 2), "speedup_vs_one_device": round(t1 / us, 3),
+                "max_abs_err_vs_one_device": err, "max_abs_ref": float(jnp.max(jnp.abs(ref.astype(jnp.float32)))),
+                "weights_all_gathered": "u32" in " ".join(l for l in hlo.splitlines() if "all-gather" in l),
+                "custom_call_operands": [c["operands"] for c in feeds_fn(hlo)][:2],
+                "device": dev, "jax_version": jax.__version__,
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def jax_fpx_stack_sharding(stack, mesh):
+    """NamedShardings for a layer-stacked FPxWeight split along N over 'model'."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    import jax_fpx
+
+    return jax_fpx.FPxWeight(
+        NamedSharding(mesh, P(None, "model", None, None)), NamedSharding(mesh, P(None, "model", None)),
+        stack.fmt, stack.shape, stack.group_size,
+    )
 
 
 if __name__ == "__main__":
