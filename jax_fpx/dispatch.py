@@ -8,8 +8,11 @@ from __future__ import annotations
 from .formats import FPxFormat
 
 # Largest number of rows M (tokens) for which the CUDA kernel runs under impl="auto";
-# above it jax_fpx.linear dequantizes and calls XLA's dot. Placeholder until measured.
-GPU_KERNEL_MAX_M = 256
+# above it jax_fpx.linear dequantizes and calls XLA's dot.
+# Measured 2026-11-26 on an H100 80GB HBM3 (jax 0.11.2), fp6_e3m2, 8192x28672 and 28672x8192
+# (benchmarks/KERNEL_NOTES.md): kernel 117 us at M=16 and 407-486 us at M=64, while
+# dequantize + XLA dot ("xla") took 1330-1400 us at every M <= 64. See the notes for M >= 256.
+GPU_KERNEL_MAX_M = 128
 
 # Split-K workspace budget (bytes of float32 partials) reserved per call.
 WORKSPACE_BUDGET_BYTES = 64 << 20

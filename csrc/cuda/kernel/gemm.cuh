@@ -53,10 +53,11 @@ __device__ __forceinline__ void LoadActSlow(const uint16_t* p, int64_t kleft, ui
 }
 
 // Resident CTAs per SM the register budget is capped for (more warps -> more bytes in flight).
-// (MT=1: 6 CTAs = 24 warps/SM at <= 80 registers; the 8-deep fp4 ring needs 5.)
+// (Measured 2026-11-26, H100, 8192x28672 M=1: capping MT=1 at 80 registers / 6 CTAs spilled and
+// ran 112 us vs 94 us at 5 CTAs / 96 registers.)
 template <int MT, int BITS>
 constexpr int MinCtasPerSm() {
-  return MT == 1 ? (BITS <= 4 ? 5 : 6) : MT == 2 ? 4 : MT == 4 ? 3 : 2;
+  return MT == 1 ? 5 : MT == 2 ? 4 : MT == 4 ? 3 : 2;
 }
 
 template <int E, int MB, bool F16, int MT, int D>
