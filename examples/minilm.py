@@ -9,7 +9,7 @@ its encoder Dense kernels (384x384, 384x1536, 1536x384) are quantized by
 jax_fpx.flax.quantize_params and run through jax_fpx.flax.fpx_dense_interceptor.
 
 Methods: rtn   = absmax scale per channel/group, round to nearest even;
-         aware = scale search (41 + 21 refine multiples of the absmax scale per channel/group)
+         aware = scale search (21 + 11 refine multiples of the absmax scale per channel/group)
                  minimizing the weight error weighted by each input feature's mean squared
                  activation on 16 calibration sentences (disjoint from the 22 eval sentences).
 """

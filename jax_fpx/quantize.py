@@ -204,10 +204,10 @@ class ScaleSearch:
         non-negative weights of each input feature in the squared-error objective.
     """
 
-    candidates: int = 41
+    candidates: int = 21
     lo: float = 0.5
     hi: float = 1.5
-    refine: int = 21
+    refine: int = 11
     importance: Optional[Any] = None
 
     def __post_init__(self):
