@@ -187,9 +187,12 @@ def init_params(
     )["params"]
     leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract)
     base = jax.random.key(seed)
-    out = []
-    show = progress if progress is not None else None
-    for path, leaf in tqdm(leaves, desc="init params", leave=False, disable=not show):
+    out: list[Any] = [None] * len(leaves)
+    # Largest leaves first: quantizing lm_head (the biggest matrix; its float32 temporaries
+    # are several GB at 70B) happens before the rest of the model occupies memory.
+    order = sorted(range(len(leaves)), key=lambda i: -int(np.prod(leaves[i][1].shape)))
+    for i in tqdm(order, desc="init params", leave=False, disable=not progress):
+        path, leaf = leaves[i]
         name = _path_str(path)
         kind = "ones" if name.endswith("scale") else "kernel" if name.endswith("kernel") else "normal"
         arr = _draw(jax.random.fold_in(base, zlib.crc32(name.encode())), tuple(leaf.shape), leaf.dtype, kind)
@@ -199,7 +202,7 @@ def init_params(
             ]
         else:
             arr.block_until_ready()
-        out.append(arr)
+        out[i] = arr
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
