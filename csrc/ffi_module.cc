@@ -23,7 +23,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFpxLinearCpu, jax_fpx::LinearCpu,
                                   .Attr<int32_t>("split_k"));
 
 #ifdef JAX_FPX_WITH_CUDA
-XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxFpxLinearCuda);  // csrc/cuda/fpx_gemm.cu
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxFpxLinearCuda);      // csrc/cuda/fpx_gemm.cu
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxFpxDequantizeCuda);  // csrc/cuda/dequantize.cu
 #endif
 
 NB_MODULE(_jax_fpx, m) {
@@ -32,6 +33,7 @@ NB_MODULE(_jax_fpx, m) {
     d["jax_fpx_linear_cpu"] = nb::capsule(reinterpret_cast<void*>(JaxFpxLinearCpu));
 #ifdef JAX_FPX_WITH_CUDA
     d["jax_fpx_linear_cuda"] = nb::capsule(reinterpret_cast<void*>(JaxFpxLinearCuda));
+    d["jax_fpx_dequantize_cuda"] = nb::capsule(reinterpret_cast<void*>(JaxFpxDequantizeCuda));
 #endif
     return d;
   });

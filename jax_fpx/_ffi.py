@@ -7,6 +7,7 @@ import functools
 import jax
 
 TARGET = "jax_fpx_linear"  # the custom-call target name (for jax.export's disabled_checks docs)
+DEQUANTIZE_TARGET = "jax_fpx_dequantize"  # CUDA only: packed -> dense [N, K] for the large-M path
 
 
 @functools.cache
@@ -29,6 +30,7 @@ def register() -> bool:
     cuda = "jax_fpx_linear_cuda" in regs
     if cuda:
         jax.ffi.register_ffi_target(TARGET, regs["jax_fpx_linear_cuda"], platform="CUDA")
+        jax.ffi.register_ffi_target(DEQUANTIZE_TARGET, regs["jax_fpx_dequantize_cuda"], platform="CUDA")
     return cuda
 
 

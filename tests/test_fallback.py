@@ -1,0 +1,48 @@
+"""The dequantize + XLA dot path (large M): the CUDA dequantize kernel and its lowering."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jax_fpx
+from jax_fpx import _ffi, fallback
+
+
+def test_fallback_matches_reference_dequant_dot():
+    w = jax_fpx.quantize(jax.random.normal(jax.random.key(0), (300, 70)), "fp5_e2m2", group_size=64)
+    x = jax.random.normal(jax.random.key(1), (9, 300)).astype(jnp.bfloat16)
+    b = jnp.linspace(-1, 1, 70)
+    want = jax_fpx.reference.dequant_dot(x, w, b)
+    np.testing.assert_array_equal(np.asarray(jax.jit(fallback.dequant_dot)(x, w, b)), np.asarray(want))
+
+
+@pytest.mark.skipif(not _ffi.register(), reason="needs the CUDA build")
+def test_cuda_lowering_uses_the_dequantize_kernel():
+    w = jax_fpx.quantize(jnp.ones((128, 64)), "fp6_e3m2")
+    x = jax.ShapeDtypeStruct((512, 128), jnp.bfloat16)
+    exp = jax.export.export(jax.jit(fallback.dequant_dot), platforms=["cuda"], disabled_checks=[
+        jax.export.DisabledSafetyCheck.custom_call(_ffi.DEQUANTIZE_TARGET)])(x, w)
+    assert _ffi.DEQUANTIZE_TARGET in exp.mlir_module()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["fp6_e3m2", "fp6_e2m3", "fp5_e2m2", "fp4_e2m1", "fp8_e4m3", "fp3_e1m1", "fp7_e3m3"])
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("shape,group", [((1000, 3000), None), ((4097, 1111), 128), ((64, 16), None), ((1, 5), None)])
+def test_gpu_dequantize_kernel_is_exact(fmt, dtype, shape, group):
+    k = jax.random.normal(jax.random.key(shape[0]), shape)
+    w = jax_fpx.quantize(k, fmt, group_size=group)
+    got = jax.jit(fallback.dequantize_nk, static_argnums=1)(w, dtype)
+    want = jax_fpx.dequantize(w, jnp.float32).astype(dtype).T
+    assert got.shape == (shape[1], shape[0]) and got.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint16), np.asarray(want).view(np.uint16))
+
+
+@pytest.mark.gpu
+def test_gpu_dequantize_kernel_stacked():
+    k = jax.random.normal(jax.random.key(3), (3, 200, 48))
+    w = jax_fpx.quantize(k, "fp6_e3m2")
+    got = jax.vmap(lambda w: fallback.dequantize_nk(w, jnp.bfloat16))(w)
+    want = jnp.swapaxes(jax_fpx.dequantize(w, jnp.float32).astype(jnp.bfloat16), -1, -2)
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint16), np.asarray(want).view(np.uint16))
