@@ -335,8 +335,9 @@ def _dispatch(x3, data, scale, bias2, meta, batch):
     # A symbolic M (jax.export shape polymorphism) cannot size the split-K workspace or pick
     # the kernel statically: the CUDA path then runs dequantize + XLA dot (CPU: the handler).
     m_known = isinstance(m, (int, np.integer))
+    cuda_built = _ffi.register()
     use_cuda_kernel = (
-        _ffi.register()
+        cuda_built
         and m_known
         and dispatch.gpu_kernel_supports(fmt, fp16)
         and (impl == "kernel" or split_k is not None or m <= dispatch.GPU_KERNEL_MAX_M)
@@ -354,7 +355,7 @@ def _dispatch(x3, data, scale, bias2, meta, batch):
 
     def cuda(x3, data, scale, bias2):
         if not use_cuda_kernel:
-            return _dequant_matmul(x3, data, scale, bias2, meta)
+            return _dequant_matmul(x3, data, scale, bias2, meta, cuda_dequant=cuda_built)
         ws = dispatch.workspace_elems(m, n_pad, k_blocks, split_k)
         return ffi(x3, data, scale, bias2, ws, split_k or 0)
 
@@ -364,11 +365,19 @@ def _dispatch(x3, data, scale, bias2, meta, batch):
     return jax.lax.platform_dependent(x3, data, scale, bias2, cpu=cpu, cuda=cuda, default=other)
 
 
-def _dequant_matmul(x3, data, scale, bias2, meta):
-    """Batched version of reference.dequant_dot (the non-kernel fallback)."""
+def _dequant_matmul(x3, data, scale, bias2, meta, cuda_dequant=False):
+    """Batched version of reference.dequant_dot / fallback.dequant_dot (the non-kernel path):
+    dequantize once (the CUDA ``jax_fpx_dequantize`` kernel on GPU builds), then XLA's GEMM."""
     fmt, shape, group_size, _, _ = meta
-    wd = dequantize(FPxWeight(data, scale, fmt, shape, group_size), x3.dtype)  # (bw, K, N)
-    y = jnp.matmul(x3, wd, preferred_element_type=jnp.float32)
+    w = FPxWeight(data, scale, fmt, shape, group_size)
+    if cuda_dequant:
+        from . import fallback
+
+        w_nk = fallback.dequantize_nk(w, x3.dtype)  # (bw, N, K)
+        y = jnp.einsum("...mk,...nk->...mn", x3, w_nk, preferred_element_type=jnp.float32)
+    else:
+        wd = dequantize(w, x3.dtype)  # (bw, K, N)
+        y = jnp.matmul(x3, wd, preferred_element_type=jnp.float32)
     if bias2.shape[-1]:
         y = y + bias2[:, None, :]
     return y.astype(x3.dtype)
