@@ -191,6 +191,15 @@ def quantize(
     return FPxWeight(data, scale, fmt, (k_in, n_out), group_size)
 
 
+def _round_to_grid(v: jax.Array, fmt: FPxFormat) -> jax.Array:
+    """``decode(encode(v))`` without building codes (same RNE + saturation; for the scale search)."""
+    a = jnp.minimum(jnp.abs(v), fmt.max_value)
+    _, ex = jnp.frexp(a)
+    step_exp = jnp.maximum(ex - 1, fmt.min_normal_exp) - fmt.mbits
+    r = jnp.minimum(jnp.ldexp(jnp.round(jnp.ldexp(a, -step_exp)), step_exp), fmt.max_value)
+    return jnp.where(v < 0, -r, r)
+
+
 @dataclasses.dataclass(frozen=True)
 class ScaleSearch:
     """Options of ``quantize(..., scale_search=ScaleSearch(...))`` (see :func:`quantize`).
@@ -230,7 +239,7 @@ def _quantize_search_jit(kernel, importance, fmt: FPxFormat, group_size, candida
 
     def err(scale):
         s = scale[..., None]
-        q = decode(encode(jnp.where(jnp.isfinite(s), wg / s, 0.0), fmt), fmt) * s
+        q = _round_to_grid(jnp.where(jnp.isfinite(s), wg / s, 0.0), fmt) * s
         return jnp.sum(ig * jnp.square(q - wg), axis=-1)
 
     def search(ratio_of, n, carry):
