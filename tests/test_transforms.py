@@ -56,6 +56,15 @@ def acts():
     return x, bias
 
 
+def _same(got, want, dtype=jnp.bfloat16):
+    """Bit-exact on CPU (deterministic handler, same reduction order); on GPU the kernel's split-K
+    choice depends on M (and XLA's reductions on shapes), so allow one rounding step there."""
+    if ON_CPU:
+        np.testing.assert_array_equal(_f32(got), _f32(want))
+    else:
+        _ulp_close(got, want, dtype)
+
+
 def _slice(t, i):
     return jax.tree.map(lambda a: a[i], t)
 
@@ -78,7 +87,7 @@ def test_vmap_over_x_folds_into_m_without_touching_weights(weights, acts):
     f = jax.vmap(jax_fpx.linear, in_axes=(0, None))
     y = f(x, w)
     for i in range(B):
-        np.testing.assert_array_equal(_f32(y[i]), _f32(jax_fpx.linear(x[i], w)))
+        _same(y[i], jax_fpx.linear(x[i], w))
     _ulp_close(y, jax.vmap(reference.linear, in_axes=(0, None))(x, w))
     if not ON_CPU:
         return
@@ -101,7 +110,7 @@ def test_vmap_over_stacked_weights(weights, acts, in_axes):
     assert y.shape == (B, M, N)
     for i in range(B):
         a_i = [_slice(a, i) if ax == 0 else a for a, ax in zip(args, in_axes)]
-        np.testing.assert_array_equal(_f32(y[i]), _f32(jax_fpx.linear(*a_i)))
+        _same(y[i], jax_fpx.linear(*a_i))
     _ulp_close(y, jax.vmap(reference.linear, in_axes=in_axes)(*args))
     if not ON_CPU:
         return
@@ -154,8 +163,8 @@ def test_grad_x_and_bias_exact(weights, dtype, lead):
     gx, gb = jax.jit(jax.grad(loss(jax_fpx.linear), argnums=(0, 1)))(x, bias)
     rx, rb = jax.jit(jax.grad(loss(reference.linear), argnums=(0, 1)))(x, bias)
     assert gx.dtype == dtype and gb.dtype == jnp.float32
-    np.testing.assert_array_equal(_f32(gx), _f32(rx))
-    np.testing.assert_array_equal(_f32(gb), _f32(rb))
+    _same(gx, rx, dtype)
+    _same(gb, rb, jnp.float32)
 
 
 def test_grad_wrt_weights_float0_codes_and_true_scale_grad(weights, acts):
