@@ -56,10 +56,12 @@ def linear(
       * ``lax.scan``/``nn.scan`` over stacked layers, ``jax.checkpoint``, ``jax.eval_shape``,
         donation: supported.
       * Sharding: see :mod:`jax_fpx.sharding` (column/row/data parallel).
-      * ``jax.export``: the kernel is the custom call ``jax_fpx_linear``, which has no
-        compatibility guarantee; export with
+      * ``jax.export``: the kernel is the custom call ``jax_fpx_linear`` (on CUDA builds the
+        large-M path also calls ``jax_fpx_dequantize``), which have no compatibility
+        guarantee; export with
         ``jax.export.export(f, disabled_checks=jax_fpx.ops.export_disabled_checks())``
-        (i.e. ``[jax.export.DisabledSafetyCheck.custom_call("jax_fpx_linear")]``), and call
+        (i.e. ``[jax.export.DisabledSafetyCheck.custom_call("jax_fpx_linear"),
+        jax.export.DisabledSafetyCheck.custom_call("jax_fpx_dequantize")]``), and call
         :func:`register_ffi` (or ``jax_fpx.linear`` once) in the process that runs a
         deserialized module. ``FPxWeight`` pytrees serialize (registered by ``jax_fpx``).
     """
@@ -96,8 +98,10 @@ def _explicitly_sharded(*arrays) -> bool:
 
 
 def export_disabled_checks() -> list:
-    """``disabled_checks`` for ``jax.export.export`` of a function that uses ``linear``."""
-    return [jax.export.DisabledSafetyCheck.custom_call(_ffi.TARGET)]
+    """``disabled_checks`` for ``jax.export.export`` of a function that uses ``linear``: the
+    custom-call targets ``jax_fpx_linear`` and (CUDA builds, large-M path) ``jax_fpx_dequantize``."""
+    targets = [_ffi.TARGET, getattr(_ffi, "DEQUANTIZE_TARGET", None)]
+    return [jax.export.DisabledSafetyCheck.custom_call(t) for t in targets if t]
 
 
 def register_ffi() -> None:
