@@ -95,3 +95,22 @@ def test_fpx_dense_general_unsupported_is_clear():
         FPxDenseGeneral(8, axis=1).init(jax.random.key(0), x)
     with pytest.raises(NotImplementedError, match="batch_dims"):
         FPxDenseGeneral(8, batch_dims=(0,)).init(jax.random.key(0), x)
+
+
+def test_fpx_dense_under_nn_scan_stacks_weights():
+    class Layer(nn.Module):
+        @nn.compact
+        def __call__(self, x, _):
+            return x + FPxDense(64, impl="reference")(x), None
+
+    stack = nn.scan(Layer, variable_axes={"params": 0}, split_rngs={"params": True}, length=3)()
+    x = _x((2, 64))
+    v = stack.init(jax.random.key(1), x, None)
+    k, b = v["params"]["FPxDense_0"]["kernel"], v["params"]["FPxDense_0"]["bias"]
+    assert k.batch_shape == (3,) and k.shape == (64, 64)
+    y, _ = jax.jit(stack.apply)(v, x, None)
+    h = x
+    for i in range(3):
+        h = h + (h.astype(jnp.bfloat16).astype(jnp.float32) @ jax_fpx.dequantize(jax.tree.map(lambda a: a[i], k)) + b[i])
+    np.testing.assert_allclose(np.asarray(y), np.asarray(h), rtol=2e-2, atol=5e-2)
+    assert not np.allclose(np.asarray(k.data[0]), np.asarray(k.data[1]))  # distinct layers
