@@ -15,6 +15,7 @@ are freed and bf16 runs, so the FP6 peak memory is measured before any bf16 weig
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -118,6 +119,7 @@ def main(argv=None) -> int:
     results = []
     for v in variants:
         r = run_variant(cfg, v, a, dev)
+        gc.collect()  # the variant's params are gone before the next one is drawn
         results.append(r)
         peak = r["memory_after_run"].get("peak_bytes_in_use")
         print(f"  {v:5s} weights {r['weight_bytes'] / 2**30:7.2f} GiB  decode {r['decode_tokens_per_s']:9.1f} tok/s "
