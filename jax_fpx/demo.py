@@ -124,7 +124,7 @@ def _llama(fmt: str, impl: str, size: str) -> tuple[list[str], list[tuple[int, i
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m jax_fpx",
-        description=__doc__,
+        description=__doc__.replace("``", ""),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
