@@ -10,7 +10,7 @@ Methods: ``xla_bf16`` (bf16 weights, ``jnp.dot``), ``xla_fp8_e4m3`` / ``xla_int8
 baselines: stored 8-bit weights, ``astype(bf16)`` + dot + per-channel scale), and FPx formats by
 name (``fp6_e3m2``, ``fp6_e2m3``, ``fp5_e2m2``, ``fp4_e2m1``...) through ``jax_fpx.linear``
 (``impl="auto"``, what users get); suffix ``:kernel`` / ``:xla`` forces that implementation,
-``:kernel:s4`` also forces split_k=4, ``fp6_e3m2@group128`` uses per-group scales.
+``:fallback`` times the large-M path (dequantize + XLA dot), ``:kernel:s4`` also forces split_k=4, ``fp6_e3m2@group128`` uses per-group scales.
 """
 
 from __future__ import annotations
@@ -90,6 +90,10 @@ def _make_weights(method: str, k: int, n: int, count: int, key) -> tuple[list, i
         ws.append(FPxWeight(data, scale, fmt, (k, n), group))
     nbytes = int(np.prod(ds)) * 4 + int(np.prod(ss)) * 4
     impl = impl or "auto"
+    if impl == "fallback":  # the large-M path of impl="auto": dequantize (CUDA kernel) + XLA dot
+        from .fallback import dequant_dot
+
+        return ws, nbytes, lambda x, w: dequant_dot(x, w)
     return ws, nbytes, lambda x, w: linear(x, w, impl=impl, split_k=split_k)
 
 

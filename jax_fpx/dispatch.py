@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from .formats import FPxFormat
 
-# Largest number of rows M (tokens) for which the CUDA kernel runs under impl="auto";
-# above it jax_fpx.linear dequantizes and calls XLA's dot.
-# Measured 2026-11-26 on an H100 80GB HBM3 (jax 0.11.2), fp6_e3m2, 8192x28672 and 28672x8192
-# (benchmarks/KERNEL_NOTES.md): kernel 117 us at M=16 and 407-486 us at M=64, while
-# dequantize + XLA dot ("xla") took 1330-1400 us at every M <= 64. See the notes for M >= 256.
-GPU_KERNEL_MAX_M = 128
+# Largest number of rows M (tokens) for which the CUDA kernel runs under impl="auto"; above it
+# jax_fpx.linear takes the large-M path (CUDA dequantize + XLA dot, jax_fpx.fallback).
+# Measured 2026-11-26 on an H100 80GB HBM3, jax 0.11.2, bf16, benchmarks/results/threshold_h100.json
+# (KERNEL_NOTES.md), kernel vs fallback in us:
+#   8192x28672:  M=48 411 vs 456, M=64 480 vs 440, M=128 910 vs 572
+#   28672x8192:  M=48 409 vs 501, M=64 392 vs 490, M=128 743 vs 505
+#   8192x8192:   M=48 107 vs 143, M=64 127 vs 154, M=128 230 vs 146
+# (fp4_e2m1 alike). The kernel wins up to 64 (but one shape at 64), loses from 128 on.
+GPU_KERNEL_MAX_M = 64
 
 # Split-K workspace budget (bytes of float32 partials) reserved per call.
 WORKSPACE_BUDGET_BYTES = 64 << 20
