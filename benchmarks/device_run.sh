@@ -29,6 +29,7 @@ if [ -n "$NCU" ]; then
   done
   timeout 240 ncu --kernel-name regex:FpxGemm --launch-count ${NCU_COUNT:-3} --section SpeedOfLight --section MemoryWorkloadAnalysis \
     --section WarpStateStats --section Occupancy --section LaunchStats --section SchedulerStats \
+    --metrics smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_short_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_wait_per_issue_active.ratio,smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_lg_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_not_selected_per_issue_active.ratio,smsp__average_warps_issue_stalled_selected_per_issue_active.ratio,smsp__average_warps_issue_stalled_branch_resolving_per_issue_active.ratio,smsp__average_warps_issue_stalled_no_instruction_per_issue_active.ratio,smsp__average_warps_issue_stalled_dispatch_stall_per_issue_active.ratio,smsp__average_warps_issue_stalled_mio_throttle_per_issue_active.ratio,smsp__inst_executed.sum,smsp__average_warps_issue_stalled_tex_throttle_per_issue_active.ratio \
     python3 benchmarks/ncu_case.py > $OUT/ncu.txt 2>&1; echo "ncu rc=$?"
-  grep -E "FpxGemm|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|Stall|Issued Warp|No Eligible|Eligible Warps|Theoretical Occ" $OUT/ncu.txt | head -60
+  grep -E "FpxGemm|stalled|inst_executed|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Grid Size|Stall|Issued Warp|No Eligible|Eligible Warps|Theoretical Occ" $OUT/ncu.txt | head -80
 fi

@@ -11,6 +11,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../../fpx_format.h"
 #include "dequant.cuh"
@@ -50,6 +51,19 @@ __device__ __forceinline__ void LoadActSlow(const uint16_t* p, int64_t kleft, ui
     const uint32_t hi = (2 * e + 1 < kleft) ? static_cast<uint32_t>(p[2 * e + 1]) : 0u;
     r[e] = lo | (hi << 16);
   }
+}
+
+// Calls f(std::integral_constant<int, i>) for i = 0 .. N-1 (compile-time ring slots).
+template <int I, int N, class F>
+__device__ __forceinline__ void UnrollFrom(F&& f) {
+  if constexpr (I < N) {
+    f(std::integral_constant<int, I>{});
+    UnrollFrom<I + 1, N>(f);
+  }
+}
+template <int N, class F>
+__device__ __forceinline__ void Unroll(F&& f) {
+  UnrollFrom<0, N>(f);
 }
 
 // Resident CTAs per SM the register budget is capped for (more warps -> more bytes in flight).
@@ -139,42 +153,50 @@ __global__ void __launch_bounds__(kThreads, MinCtasPerSm<MT, 1 + E + MB>()) FpxG
   }
   const int gb = static_cast<int>(p.group_blocks);
 
-  const uint32_t* wnext = wp + D * kBlockWords;
-  for (int i0 = 0; i0 < nblocks; i0 += D, wnext += D * kBlockWords) {
+  const bool grouped = p.group_blocks < p.k_blocks;
+  auto flush = [&](int ib) {
+    const int64_t grp = p.groups == 1 ? 0 : (kb0 + ib) / gb;
+    const float s0 = __ldg(sc + grp) * p.fold, s1 = __ldg(sc + 8 * p.groups + grp) * p.fold;
 #pragma unroll
-    for (int d = 0; d < D; ++d) {
-      const int ib = i0 + d;
-      if (ib < nblocks) {
-        uint32_t(&xr)[MT][8] = xs[kPrefetchX ? (d & 1) : 0];
-        if constexpr (!kPrefetchX) load_x(ib, xr);
-
-        Step<E, MB, F16, MT, 0>(ring[d], xr, acc, tile_on);
-        Step<E, MB, F16, MT, 1>(ring[d], xr, acc, tile_on);
-        Step<E, MB, F16, MT, 2>(ring[d], xr, acc, tile_on);
-        Step<E, MB, F16, MT, 3>(ring[d], xr, acc, tile_on);
-
-        if (ib + D < nblocks) LoadBlock<BITS>(wnext + d * kBlockWords, lane, ring[d]);
-        if constexpr (kPrefetchX) {
-          if (ib + 2 < nblocks) load_x(ib + 2, xr);
-        }
-
-        if (ib + 1 == flush_rel) {  // end of a scale group (or of this split's K range)
-          const int64_t grp = p.groups == 1 ? 0 : (kb0 + ib) / gb;
-          const float s0 = __ldg(sc + grp) * p.fold, s1 = __ldg(sc + 8 * p.groups + grp) * p.fold;
+    for (int i = 0; i < MT; ++i) {
+      tot[i][0] = fmaf(acc[i][0], s0, tot[i][0]);
+      tot[i][1] = fmaf(acc[i][1], s0, tot[i][1]);
+      tot[i][2] = fmaf(acc[i][2], s1, tot[i][2]);
+      tot[i][3] = fmaf(acc[i][3], s1, tot[i][3]);
 #pragma unroll
-          for (int i = 0; i < MT; ++i) {
-            tot[i][0] = fmaf(acc[i][0], s0, tot[i][0]);
-            tot[i][1] = fmaf(acc[i][1], s0, tot[i][1]);
-            tot[i][2] = fmaf(acc[i][2], s1, tot[i][2]);
-            tot[i][3] = fmaf(acc[i][3], s1, tot[i][3]);
-#pragma unroll
-            for (int c = 0; c < 4; ++c) acc[i][c] = 0.0f;
-          }
-          flush_rel = flush_rel + gb < nblocks ? flush_rel + gb : nblocks;
-        }
-      }
+      for (int c = 0; c < 4; ++c) acc[i][c] = 0.0f;
     }
+  };
+  // One block: ring slot d holds block ib; consume it, then refill it with block ib + D.
+  auto block = [&](auto dconst, int ib, const uint32_t* wnext) {
+    constexpr int d = decltype(dconst)::value;
+    uint32_t(&xr)[MT][8] = xs[kPrefetchX ? (d & 1) : 0];
+    if constexpr (!kPrefetchX) load_x(ib, xr);
+
+    Step<E, MB, F16, MT, 0>(ring[d], xr, acc, tile_on);
+    Step<E, MB, F16, MT, 1>(ring[d], xr, acc, tile_on);
+    Step<E, MB, F16, MT, 2>(ring[d], xr, acc, tile_on);
+    Step<E, MB, F16, MT, 3>(ring[d], xr, acc, tile_on);
+
+    LoadBlockIf<BITS>(wnext + d * kBlockWords, lane, ib + D < nblocks, ring[d]);
+    if constexpr (kPrefetchX) {
+      if (ib + 2 < nblocks) load_x(ib + 2, xr);
+    }
+    if (grouped && ib + 1 == flush_rel) {  // end of a scale group (or of this split's K range)
+      flush(ib);
+      flush_rel = flush_rel + gb < nblocks ? flush_rel + gb : nblocks;
+    }
+  };
+
+  const uint32_t* wnext = wp + D * kBlockWords;
+  int i0 = 0;
+  for (; i0 + D <= nblocks; i0 += D, wnext += D * kBlockWords) {  // whole rounds of the ring
+    Unroll<D>([&](auto dc) { block(dc, i0 + decltype(dc)::value, wnext); });
   }
+  Unroll<D>([&](auto dc) {  // the remainder
+    if (i0 + decltype(dc)::value < nblocks) block(dc, i0 + decltype(dc)::value, wnext);
+  });
+  if (!grouped) flush(nblocks - 1);
 
   // Epilogue: lane holds rows (g, g+8) x tokens (2t, 2t+1) of each 8-token tile.
   const int64_t row0 = nt * kRowTile + g;

@@ -25,6 +25,43 @@ __device__ __forceinline__ uint32_t LdStream4(const uint32_t* p) {
   return r;
 }
 
+// Predicated forms (no branch: the loads stay schedulable across the unrolled ring).
+__device__ __forceinline__ void LdStream16If(const uint32_t* p, bool on, uint32_t* r) {
+  asm(
+      "{ .reg .pred q; setp.ne.b32 q, %5, 0;\n"
+      "@q ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4]; }"
+      : "+r"(r[0]), "+r"(r[1]), "+r"(r[2]), "+r"(r[3])
+      : "l"(p), "r"(static_cast<int>(on)));
+}
+__device__ __forceinline__ void LdStream8If(const uint32_t* p, bool on, uint32_t* r) {
+  asm(
+      "{ .reg .pred q; setp.ne.b32 q, %3, 0;\n"
+      "@q ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2]; }"
+      : "+r"(r[0]), "+r"(r[1])
+      : "l"(p), "r"(static_cast<int>(on)));
+}
+__device__ __forceinline__ void LdStream4If(const uint32_t* p, bool on, uint32_t* r) {
+  asm(
+      "{ .reg .pred q; setp.ne.b32 q, %2, 0;\n"
+      "@q ld.global.nc.L1::no_allocate.u32 %0, [%1]; }"
+      : "+r"(r[0])
+      : "l"(p), "r"(static_cast<int>(on)));
+}
+
+template <int BITS>
+__device__ __forceinline__ void LoadBlockIf(const uint32_t* block, int lane, bool on, uint32_t (&w)[BITS]) {
+  int word = 0, part_base = 0;
+#pragma unroll
+  for (int i = 0; i < 3; ++i) {
+    const int p = PartWidth(BITS, i);
+    if (p == 4) LdStream16If(block + part_base + lane * 4, on, &w[word]);
+    else if (p == 2) LdStream8If(block + part_base + lane * 2, on, &w[word]);
+    else if (p == 1) LdStream4If(block + part_base + lane, on, &w[word]);
+    word += p;
+    part_base += kLanes * p;
+  }
+}
+
 // Loads the `BITS` words one lane holds of a 16x64 block: part by part, one vector load each
 // (part width 4 -> 16 B, 2 -> 8 B, 1 -> 4 B); see jax_fpx/layout.py.
 template <int BITS>
