@@ -1,0 +1,160 @@
+"""Execute the benchmark notebooks (gemm_benchmark, llm_decode, accuracy) with nbclient.
+
+    # the GPU run (results JSON/PNG under $OUT, executed notebooks written back in place):
+    JAX_FPX_NB_MODE=full JAX_FPX_NB_OUT=$OUT python benchmarks/run_notebooks.py --inplace
+    # small CPU run into a scratch directory:
+    python benchmarks/run_notebooks.py --mode small --out-dir /tmp/nb --results /tmp/nb/results
+
+Each notebook runs in a fresh kernel started with *this* interpreter (a kernelspec written to a
+temporary JUPYTER_PATH, so carried packages on PYTHONPATH and the current venv are what the
+kernel sees), with the repo's notebooks/ directory as its working directory. The mode and the
+results directory reach the notebooks through JAX_FPX_NB_MODE / JAX_FPX_NB_OUT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+ROOT = Path(__file__).resolve().parent.parent
+NB_DIR = ROOT / "notebooks"
+NOTEBOOKS = ("gemm_benchmark", "llm_decode", "accuracy")
+KERNEL_NAME = "python3"
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": KERNEL_NAME}
+
+
+def _kernel_dir() -> str:
+    """A temporary Jupyter data dir whose ``python3`` kernel runs ``sys.executable``; prepended to JUPYTER_PATH."""
+    import ipykernel  # noqa: F401  (the kernel needs it importable with this interpreter)
+
+    d = tempfile.mkdtemp(prefix="jax_fpx_kernels_")
+    spec_dir = Path(d) / "kernels" / KERNEL_NAME
+    spec_dir.mkdir(parents=True)
+    spec = {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": KERNELSPEC["display_name"],
+        "language": "python",
+        "metadata": {"debugger": False},
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
+    old = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = d + (os.pathsep + old if old else "")
+    return d
+
+
+def _kernel_env() -> dict:
+    """The kernel's environment: ours (PYTHONPATH with any carried packages included)."""
+    env = dict(os.environ)
+    env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # silences a debugger warning at kernel start
+    return env
+
+
+def run_notebooks(
+    names: Sequence[str] = NOTEBOOKS,
+    mode: Optional[str] = None,
+    *,
+    out_dir: Optional[os.PathLike] = None,
+    inplace: bool = False,
+    results_dir: Optional[os.PathLike] = None,
+    timeout: int = 3600,
+    log=None,
+) -> dict:
+    """Executes the notebooks; returns ``{name: {"seconds", "ok", "error", "path"}}``.
+
+    ``mode``: ``"small"`` / ``"full"`` (default: ``$JAX_FPX_NB_MODE`` or small). Executed notebooks go
+    back in place (``inplace``) or to ``out_dir`` (neither: not written). ``results_dir`` sets
+    ``JAX_FPX_NB_OUT`` (default: the notebooks' own default, benchmarks/results).
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    log = log or (lambda msg: print(msg, flush=True))
+    mode = mode or os.environ.get("JAX_FPX_NB_MODE", "small")
+    if mode not in ("small", "full"):
+        raise ValueError(f"mode must be 'small' or 'full', got {mode!r}")
+    os.environ["JAX_FPX_NB_MODE"] = mode
+    if results_dir is not None:
+        os.environ["JAX_FPX_NB_OUT"] = str(Path(results_dir).resolve())
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    _kernel_dir()
+    env = _kernel_env()
+    report = {}
+    for name in names:
+        src = NB_DIR / f"{name}.ipynb"
+        if not src.is_file():
+            raise FileNotFoundError(src)
+        nb = nbformat.read(src, as_version=4)
+        n_code = sum(c.cell_type == "code" for c in nb.cells)
+        clock = {"t": time.perf_counter(), "i": 0}
+
+        def on_cell_executed(cell=None, cell_index=None, execute_reply=None, name=name, clock=clock, n_code=n_code):
+            now = time.perf_counter()
+            clock["i"] += 1
+            first = (cell.source.strip().splitlines() or [""])[0][:60]
+            log(f"[{name}] cell {clock['i']}/{n_code} done in {now - clock['t']:.1f} s: {first}")
+            clock["t"] = now
+
+        client = NotebookClient(
+            nb,
+            timeout=timeout,
+            kernel_name=KERNEL_NAME,
+            resources={"metadata": {"path": str(NB_DIR)}},
+            allow_errors=False,
+            record_timing=True,
+            on_cell_executed=on_cell_executed,
+        )
+        t0 = clock["t"] = time.perf_counter()
+        err = None
+        log(f"[{name}] executing ({mode} mode) ...")
+        try:
+            client.execute(env=env)
+        except CellExecutionError as e:
+            err = str(e)
+        except Exception as e:  # kernel died, timeout, ...
+            err = f"{type(e).__name__}: {e}"
+        dt = time.perf_counter() - t0
+        nb.metadata["kernelspec"] = dict(KERNELSPEC)
+        dest = src if inplace else (Path(out_dir) / src.name if out_dir is not None else None)
+        if dest is not None:
+            nbformat.write(nb, dest)
+        report[name] = {"seconds": round(dt, 1), "ok": err is None, "error": err, "path": str(dest) if dest else None}
+        log(f"[{name}] {'ok' if err is None else 'FAILED'} in {dt:.1f} s" + (f" -> {dest}" if dest else ""))
+        if err:
+            log(re.sub(r"\x1b\[[0-9;]*m", "", err)[-3000:])
+    return report
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=("small", "full"), default=None, help="default: $JAX_FPX_NB_MODE or small")
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument("--inplace", action="store_true", help="write the executed notebooks back to notebooks/")
+    where.add_argument("--out-dir", default=None, help="write the executed notebooks to this directory")
+    ap.add_argument("--results", default=None, help="results directory (sets JAX_FPX_NB_OUT; default: $JAX_FPX_NB_OUT "
+                                                     "or benchmarks/results)")
+    ap.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(NOTEBOOKS)}")
+    ap.add_argument("--timeout", type=int, default=3600, help="seconds per cell")
+    a = ap.parse_args(argv)
+    names = a.only.split(",") if a.only else list(NOTEBOOKS)
+    bad = [n for n in names if n not in NOTEBOOKS]
+    if bad:
+        ap.error(f"unknown notebook(s) {bad}; choose from {NOTEBOOKS}")
+    t0 = time.perf_counter()
+    rep = run_notebooks(names, a.mode, out_dir=a.out_dir, inplace=a.inplace, results_dir=a.results, timeout=a.timeout)
+    total = time.perf_counter() - t0
+    print("summary: " + ", ".join(f"{n} {'ok' if r['ok'] else 'FAILED'} {r['seconds']:.0f} s" for n, r in rep.items())
+          + f"; total {total:.0f} s")
+    return 0 if all(r["ok"] for r in rep.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
