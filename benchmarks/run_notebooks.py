@@ -14,6 +14,7 @@ results directory reach the notebooks through JAX_FPX_NB_MODE / JAX_FPX_NB_OUT.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -30,30 +31,34 @@ KERNEL_NAME = "python3"
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": KERNEL_NAME}
 
 
-def _kernel_dir() -> str:
-    """A temporary Jupyter data dir whose ``python3`` kernel runs ``sys.executable``; prepended to JUPYTER_PATH."""
-    import ipykernel  # noqa: F401  (the kernel needs it importable with this interpreter)
+@contextlib.contextmanager
+def python_kernel():
+    """Makes kernel ``python3`` run ``sys.executable`` (a kernelspec in a temporary JUPYTER_PATH entry).
 
-    d = tempfile.mkdtemp(prefix="jax_fpx_kernels_")
-    spec_dir = Path(d) / "kernels" / KERNEL_NAME
-    spec_dir.mkdir(parents=True)
-    spec = {
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": KERNELSPEC["display_name"],
-        "language": "python",
-        "metadata": {"debugger": False},
-    }
-    (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
+    The kernel then sees this interpreter's packages (and, PYTHONPATH being inherited, any carried
+    wheels), whatever other ``python3`` kernelspec is installed, or none.
+    """
+    import ipykernel  # noqa: F401  (the kernel process needs it importable with this interpreter)
+
     old = os.environ.get("JUPYTER_PATH")
-    os.environ["JUPYTER_PATH"] = d + (os.pathsep + old if old else "")
-    return d
-
-
-def _kernel_env() -> dict:
-    """The kernel's environment: ours (PYTHONPATH with any carried packages included)."""
-    env = dict(os.environ)
-    env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # silences a debugger warning at kernel start
-    return env
+    with tempfile.TemporaryDirectory(prefix="jax_fpx_kernels_") as d:
+        spec_dir = Path(d) / "kernels" / KERNEL_NAME
+        spec_dir.mkdir(parents=True)
+        spec = {
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": KERNELSPEC["display_name"],
+            "language": "python",
+            "metadata": {"debugger": False},
+        }
+        (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1))
+        os.environ["JUPYTER_PATH"] = d + (os.pathsep + old if old else "")
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("JUPYTER_PATH", None)
+            else:
+                os.environ["JUPYTER_PATH"] = old
 
 
 def run_notebooks(
@@ -69,68 +74,73 @@ def run_notebooks(
     """Executes the notebooks; returns ``{name: {"seconds", "ok", "error", "path"}}``.
 
     ``mode``: ``"small"`` / ``"full"`` (default: ``$JAX_FPX_NB_MODE`` or small). Executed notebooks go
-    back in place (``inplace``) or to ``out_dir`` (neither: not written). ``results_dir`` sets
-    ``JAX_FPX_NB_OUT`` (default: the notebooks' own default, benchmarks/results).
+    back in place (``inplace``) or to ``out_dir`` (neither: not written). ``results_dir`` sets the
+    kernels' ``JAX_FPX_NB_OUT`` (default: inherited, else the notebooks' benchmarks/results).
+    The caller's environment is left as it was.
     """
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
-
     log = log or (lambda msg: print(msg, flush=True))
     mode = mode or os.environ.get("JAX_FPX_NB_MODE", "small")
     if mode not in ("small", "full"):
         raise ValueError(f"mode must be 'small' or 'full', got {mode!r}")
-    os.environ["JAX_FPX_NB_MODE"] = mode
+    env = dict(os.environ, JAX_FPX_NB_MODE=mode)  # the kernels' environment (PYTHONPATH included)
     if results_dir is not None:
-        os.environ["JAX_FPX_NB_OUT"] = str(Path(results_dir).resolve())
+        env["JAX_FPX_NB_OUT"] = str(Path(results_dir).resolve())
+    env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # quiets a debugger warning at kernel start
     if out_dir is not None:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-    _kernel_dir()
-    env = _kernel_env()
     report = {}
-    for name in names:
-        src = NB_DIR / f"{name}.ipynb"
-        if not src.is_file():
-            raise FileNotFoundError(src)
-        nb = nbformat.read(src, as_version=4)
-        n_code = sum(c.cell_type == "code" for c in nb.cells)
-        clock = {"t": time.perf_counter(), "i": 0}
-
-        def on_cell_executed(cell=None, cell_index=None, execute_reply=None, name=name, clock=clock, n_code=n_code):
-            now = time.perf_counter()
-            clock["i"] += 1
-            first = (cell.source.strip().splitlines() or [""])[0][:60]
-            log(f"[{name}] cell {clock['i']}/{n_code} done in {now - clock['t']:.1f} s: {first}")
-            clock["t"] = now
-
-        client = NotebookClient(
-            nb,
-            timeout=timeout,
-            kernel_name=KERNEL_NAME,
-            resources={"metadata": {"path": str(NB_DIR)}},
-            allow_errors=False,
-            record_timing=True,
-            on_cell_executed=on_cell_executed,
-        )
-        t0 = clock["t"] = time.perf_counter()
-        err = None
-        log(f"[{name}] executing ({mode} mode) ...")
-        try:
-            client.execute(env=env)
-        except CellExecutionError as e:
-            err = str(e)
-        except Exception as e:  # kernel died, timeout, ...
-            err = f"{type(e).__name__}: {e}"
-        dt = time.perf_counter() - t0
-        nb.metadata["kernelspec"] = dict(KERNELSPEC)
-        dest = src if inplace else (Path(out_dir) / src.name if out_dir is not None else None)
-        if dest is not None:
-            nbformat.write(nb, dest)
-        report[name] = {"seconds": round(dt, 1), "ok": err is None, "error": err, "path": str(dest) if dest else None}
-        log(f"[{name}] {'ok' if err is None else 'FAILED'} in {dt:.1f} s" + (f" -> {dest}" if dest else ""))
-        if err:
-            log(re.sub(r"\x1b\[[0-9;]*m", "", err)[-3000:])
+    with python_kernel():
+        for name in names:
+            report[name] = _run_one(name, mode, env, out_dir, inplace, timeout, log)
     return report
+
+
+def _run_one(name, mode, env, out_dir, inplace, timeout, log) -> dict:
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    src = NB_DIR / f"{name}.ipynb"
+    if not src.is_file():
+        raise FileNotFoundError(src)
+    nb = nbformat.read(src, as_version=4)
+    n_code = sum(c.cell_type == "code" for c in nb.cells)
+    clock = {"t": time.perf_counter(), "i": 0}
+
+    def on_cell_executed(cell=None, cell_index=None, execute_reply=None, **_):
+        now = time.perf_counter()
+        clock["i"] += 1
+        first = (cell.source.strip().splitlines() or [""])[0][:60]
+        log(f"[{name}] cell {clock['i']}/{n_code} done in {now - clock['t']:.1f} s: {first}")
+        clock["t"] = now
+
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name=KERNEL_NAME,
+        resources={"metadata": {"path": str(NB_DIR)}},  # the kernel's working directory
+        allow_errors=False,
+        record_timing=True,
+        on_cell_executed=on_cell_executed,
+    )
+    log(f"[{name}] executing ({mode} mode) ...")
+    t0 = clock["t"] = time.perf_counter()
+    err = None
+    try:
+        client.execute(env=env)
+    except CellExecutionError as e:
+        err = str(e)
+    except Exception as e:  # kernel died, timeout, ...
+        err = f"{type(e).__name__}: {e}"
+    dt = time.perf_counter() - t0
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    dest = src if inplace else (Path(out_dir) / src.name if out_dir is not None else None)
+    if dest is not None:
+        nbformat.write(nb, dest)
+    log(f"[{name}] {'ok' if err is None else 'FAILED'} in {dt:.1f} s" + (f" -> {dest}" if dest else ""))
+    if err:
+        log(re.sub(r"\x1b\[[0-9;]*m", "", err)[-3000:])
+    return {"seconds": round(dt, 1), "ok": err is None, "error": err, "path": str(dest) if dest else None}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
