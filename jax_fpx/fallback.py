@@ -45,10 +45,15 @@ def _cuda_dequant_dot(x2, w, bias):
     return y.astype(x2.dtype)
 
 
+def _cpu_dequant_dot(x2, w, bias):
+    # XLA:CPU's bf16/f16 dot does not accumulate in float32: use float32 operands there.
+    return reference.linear(x2, w, bias)
+
+
 def dequant_dot(x2: jax.Array, w: FPxWeight, bias: Optional[jax.Array] = None) -> jax.Array:
     """``x2 @ dequantize(w, x2.dtype) (+ bias)``; x2: ``(M, in_features)`` bf16/f16."""
     if not _ffi.register():
-        return reference.dequant_dot(x2, w, bias)
+        return jax.lax.platform_dependent(x2, w, bias, cpu=_cpu_dequant_dot, default=reference.dequant_dot)
     return jax.lax.platform_dependent(
-        x2, w, bias, cuda=_cuda_dequant_dot, default=reference.dequant_dot
+        x2, w, bias, cpu=_cpu_dequant_dot, cuda=_cuda_dequant_dot, default=reference.dequant_dot
     )

@@ -213,7 +213,9 @@ def _forward(x2, w, bias, impl, split_k):
     if impl == "reference":
         return reference.linear(x2, w, bias)
     if impl == "xla":
-        return reference.dequant_dot(x2, w, bias)
+        from . import fallback
+
+        return fallback.dequant_dot(x2, w, bias)
     _ffi.register()
     k_blocks = w.padded_shape[1] // layout.K_BLOCK
     if split_k is not None and split_k > k_blocks:
@@ -354,7 +356,11 @@ def _dispatch(x3, data, scale, bias2, meta, batch):
         b2 = bias2 if has_bias else bias2[0]
         return _ffi_linear(x3, data, scale, b2, meta, sk, ws_elems, batch)
 
+    use_cpu_kernel = impl == "kernel" or split_k is not None or not m_known or m <= dispatch.CPU_KERNEL_MAX_M
+
     def cpu(x3, data, scale, bias2):
+        if not use_cpu_kernel:
+            return _dequant_matmul(x3, data, scale, bias2, meta, on_cpu=True)
         return ffi(x3, data, scale, bias2, 1, 0)
 
     def cuda(x3, data, scale, bias2):
@@ -369,7 +375,7 @@ def _dispatch(x3, data, scale, bias2, meta, batch):
     return jax.lax.platform_dependent(x3, data, scale, bias2, cpu=cpu, cuda=cuda, default=other)
 
 
-def _dequant_matmul(x3, data, scale, bias2, meta, cuda_dequant=False):
+def _dequant_matmul(x3, data, scale, bias2, meta, cuda_dequant=False, on_cpu=False):
     """Batched version of reference.dequant_dot / fallback.dequant_dot (the non-kernel path):
     dequantize once (the CUDA ``jax_fpx_dequantize`` kernel on GPU builds), then XLA's GEMM."""
     fmt, shape, group_size, _, _ = meta
@@ -379,6 +385,9 @@ def _dequant_matmul(x3, data, scale, bias2, meta, cuda_dequant=False):
 
         w_nk = fallback.dequantize_nk(w, x3.dtype)  # (bw, N, K)
         y = jnp.einsum("...mk,...nk->...mn", x3, w_nk, preferred_element_type=jnp.float32)
+    elif on_cpu:  # XLA:CPU's bf16/f16 dot does not accumulate in float32: use float32 operands
+        wd = dequantize(w, jnp.float32)  # (bw, K, N)
+        y = jnp.matmul(x3.astype(jnp.float32), wd)
     else:
         wd = dequantize(w, x3.dtype)  # (bw, K, N)
         y = jnp.matmul(x3, wd, preferred_element_type=jnp.float32)

@@ -69,22 +69,97 @@ uint16_t F32ToF16(float f) {
   return sign | static_cast<uint16_t>((exp << 10) | (static_cast<int>(mant) - 1024));
 }
 
-struct Tile {
-  std::vector<float> w;  // [16, k_pad] dequantized rows (scale applied)
-};
+// Codes of one 16x64 block as codes[lane][v] (v = 4*z + beta, see jax_fpx/layout.py).
+template <int kBits>
+void DecodeBlockCodes(const uint32_t* block, uint8_t (*codes)[32]) {
+  std::memset(codes, 0, kLanes * 32);
+  const uint32_t* part = block;
+  for (int i = 0; i < NumParts(kBits); ++i) {
+    const int p = PartWidth(kBits, i), o = PartOffset(kBits, i), q = 8 / p;
+    const uint32_t mask = (1u << p) - 1u;
+    const int up = kBits - o - p;
+    for (int lane = 0; lane < kLanes; ++lane) {
+      for (int w = 0; w < p; ++w) {
+        const uint32_t word = part[lane * p + w];
+        for (int r = 0; r < q; ++r) {
+          const int z = w * q + r;
+          for (int beta = 0; beta < 4; ++beta) {
+            const uint32_t bits = (word >> (8 * beta + 8 - p - p * r)) & mask;
+            codes[lane][4 * z + beta] |= static_cast<uint8_t>(bits << up);
+          }
+        }
+      }
+    }
+    part += kLanes * p;
+  }
+}
 
+// Dequantizes row tile `nt` into `out` laid out k-major ([k_pad][16]), scale applied, so the
+// GEMM below runs 16 independent accumulators (one per row) that the compiler vectorizes.
+template <int kBits>
 void DequantizeTile(const LinearProblem& p, const uint32_t* data, const float* scale,
                     const float* lut, int64_t nt, float* out) {
-  const int words = kLanes * p.bits;
+  constexpr int kWords = kLanes * kBits;
+  uint8_t codes[kLanes][32];
   for (int64_t kb = 0; kb < p.k_blocks; ++kb) {
-    const uint32_t* block = data + (nt * p.k_blocks + kb) * words;
+    DecodeBlockCodes<kBits>(data + (nt * p.k_blocks + kb) * kWords, codes);
+    const int64_t col = p.groups == 1 ? 0 : kb / p.group_blocks;
+    float s[kRowTile];
+    for (int r = 0; r < kRowTile; ++r) s[r] = scale[(nt * kRowTile + r) * p.groups + col];
+    float* ob = out + kb * kKBlock * kRowTile;
     for (int lane = 0; lane < kLanes; ++lane) {
       for (int v = 0; v < 32; ++v) {
         const int r = ValueRow(lane, v);
-        const int64_t k = kb * kKBlock + ValueK(lane, v);
-        const int64_t row = nt * kRowTile + r;
-        const float s = scale[row * p.groups + (p.groups == 1 ? 0 : kb / p.group_blocks)];
-        out[r * p.k_pad + k] = lut[ExtractCode(block, p.bits, lane, v)] * s;
+        ob[ValueK(lane, v) * kRowTile + r] = lut[codes[lane][v]] * s[r];
+      }
+    }
+  }
+}
+
+using TileFn = void (*)(const LinearProblem&, const uint32_t*, const float*, const float*, int64_t,
+                        float*);
+
+TileFn TileDequantizer(int bits) {
+  switch (bits) {
+    case 3: return DequantizeTile<3>;
+    case 4: return DequantizeTile<4>;
+    case 5: return DequantizeTile<5>;
+    case 6: return DequantizeTile<6>;
+    case 7: return DequantizeTile<7>;
+    default: return DequantizeTile<8>;
+  }
+}
+
+// y[m, n0:n0+16] for every m: 16 row accumulators per token, 4 tokens per pass over the
+// tile, k in order (deterministic for a given machine). Built for AVX-512/AVX2+FMA too and
+// chosen at run time where the CPU has them.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define JAX_FPX_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define JAX_FPX_CPU_CLONES
+#endif
+JAX_FPX_CPU_CLONES
+void TileGemm(const LinearProblem& p, const float* xf, const float* wt, const float* bias,
+              int64_t n0, bool fp16, uint16_t* y) {
+  constexpr int kTok = 4;
+  const int rows = static_cast<int>(std::min<int64_t>(kRowTile, p.n - n0));
+  for (int64_t m0 = 0; m0 < p.m; m0 += kTok) {
+    const int toks = static_cast<int>(std::min<int64_t>(kTok, p.m - m0));
+    float acc[kTok][kRowTile] = {};
+    const float* xr[kTok];
+    for (int t = 0; t < kTok; ++t) xr[t] = xf + (m0 + std::min(t, toks - 1)) * p.k;
+    for (int64_t k = 0; k < p.k; ++k) {
+      const float* w = wt + k * kRowTile;
+      for (int t = 0; t < kTok; ++t) {
+        const float xv = xr[t][k];
+        for (int r = 0; r < kRowTile; ++r) acc[t][r] += xv * w[r];
+      }
+    }
+    for (int t = 0; t < toks; ++t) {
+      uint16_t* yr = y + (m0 + t) * p.n + n0;
+      for (int r = 0; r < rows; ++r) {
+        const float v = bias ? acc[t][r] + bias[n0 + r] : acc[t][r];
+        yr[r] = fp16 ? F32ToF16(v) : F32ToBf16(v);
       }
     }
   }
@@ -116,6 +191,7 @@ ffi::Error LinearCpu(ffi::AnyBuffer x, ffi::AnyBuffer data, ffi::AnyBuffer scale
   const auto* bs = static_cast<const float*>(bias.untyped_data());
   const int64_t words_per_w = p.row_tiles * p.k_blocks * kLanes * p.bits;
 
+  const TileFn dequantize_tile = TileDequantizer(p.bits);
   std::vector<float> xf(static_cast<size_t>(p.m * p.k));
   const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
   for (int64_t b = 0; b < p.batch; ++b) {
@@ -130,23 +206,12 @@ ffi::Error LinearCpu(ffi::AnyBuffer x, ffi::AnyBuffer data, ffi::AnyBuffer scale
     auto work = [&](int64_t t0, int64_t t1) {
       std::vector<float> tile(static_cast<size_t>(kRowTile * p.k_pad));
       for (int64_t nt = t0; nt < t1; ++nt) {
-        DequantizeTile(p, db, sb, lut.data(), nt, tile.data());
-        for (int r = 0; r < kRowTile; ++r) {
-          const int64_t n = nt * kRowTile + r;
-          if (n >= p.n) break;
-          const float* wr = tile.data() + r * p.k_pad;
-          for (int64_t m = 0; m < p.m; ++m) {
-            const float* xr = xf.data() + m * p.k;
-            float acc = 0.0f;
-            for (int64_t k = 0; k < p.k; ++k) acc += xr[k] * wr[k];
-            if (biasb) acc += biasb[n];
-            yb[m * p.n + n] = p.fp16 ? F32ToF16(acc) : F32ToBf16(acc);
-          }
-        }
+        dequantize_tile(p, db, sb, lut.data(), nt, tile.data());
+        TileGemm(p, xf.data(), tile.data(), biasb, nt * kRowTile, p.fp16, yb);
       }
     };
     const int64_t threads = std::min<int64_t>(hw, p.row_tiles);
-    if (threads <= 1 || p.row_tiles * p.k_pad * std::max<int64_t>(p.m, 16) < (1 << 20)) {
+    if (threads <= 1 || p.row_tiles * p.k_pad * std::max<int64_t>(p.m, 16) < (1 << 18)) {
       work(0, p.row_tiles);
     } else {
       std::vector<std::thread> pool;
