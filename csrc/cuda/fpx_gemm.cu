@@ -135,7 +135,7 @@ ffi::Error LinearCuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer data
   p.x_vec = (pr.k % 8 == 0) && (reinterpret_cast<uintptr_t>(p.x) % 16 == 0);
   p.fold = kernels.fold;
 
-  int mt_idx = p.m <= 8 ? 0 : p.m <= 16 ? 1 : p.m <= 32 ? 2 : 3;
+  const int mt_idx = p.m <= 8 ? 0 : p.m <= 16 ? 1 : 2;
   const int mt = kTokenTiles[mt_idx];
   KernelFn gemm = kernels.gemm[mt_idx];
   const int64_t m_tiles = CeilDiv(p.m, 8 * mt);

@@ -6,6 +6,8 @@
 // then mantissa, then zeros). A PRMT moves bytes (0,1) resp. (2,3) to the top byte of the two
 // 16-bit halves; a right shift by s = (target exponent bits) - ebits of everything but the sign
 // puts exponent and mantissa in place, so each half reads decode(code) * 2^(bias_fpx - bias_t).
+// (Where that shift crosses a byte boundary, the same bits are assembled from two per-quad
+// registers with a two-source PRMT instead; see Dequant::Pair.)
 //   f16 : bias_t = 15; the 2^(15 - bias_fpx) goes into the f32 scale (f16 keeps every value exact).
 //   bf16: bias_t = 127; the bf16x2 is multiplied by 2^(127 - bias_fpx) (exact, subnormals too)
 //         so the MMA never sees values near the bottom of the f32 range.
@@ -57,6 +59,12 @@ __device__ __forceinline__ uint32_t Quad(const uint32_t (&w)[BITS]) {
   return u;
 }
 
+__device__ __forceinline__ uint32_t Prmt2(uint32_t a, uint32_t b, uint32_t sel) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+  return r;
+}
+
 __device__ __forceinline__ uint32_t Prmt(uint32_t a, uint32_t sel) {
   uint32_t r;
   asm("prmt.b32 %0, %1, 0, %2;" : "=r"(r) : "r"(a), "r"(sel));
@@ -83,11 +91,13 @@ struct Dequant {
   // Factor the f32 result still needs (f16 only).
   static constexpr float FoldFactor() { return F16 ? static_cast<float>(1u << (15 - kBias)) : 1.0f; }
 
-  __device__ __forceinline__ static uint32_t Half2(uint32_t t) {
-    uint32_t r = (t & 0x80008000u) | ((t & 0x7FFF7FFFu) >> kShift);
-    if constexpr (!F16) r = Bf16x2MulExact(r, kBf16Fix);
-    return r;
-  }
+  // Otherwise each half is (code magnitude << L) | sign << 15 with L = 8 - kShift: built per
+  // quad as a "high byte" register uh (sign | magnitude >> (8 - L)) and a "low byte" register
+  // ul (magnitude << L), then one two-source PRMT per A register interleaves them (4 ALU ops per
+  // quad instead of 8 for the per-half mask/shift/or).
+  static constexpr int kL = 8 - kShift;
+  static constexpr uint32_t kHiMask = 0x01010101u * (0x7Fu >> (8 - kL));
+  static constexpr uint32_t kLoMask = 0x01010101u * ((0xFFu << kL) & 0xFFu);
 
   // The two A registers of quad U: {row g: k, k+1} and {row g+8: k, k+1}.
   __device__ __forceinline__ static void Pair(uint32_t u, uint32_t& lo, uint32_t& hi) {
@@ -96,8 +106,14 @@ struct Dequant {
       lo = Prmt(v, 0x1404);
       hi = Prmt(v, 0x3424);
     } else {
-      lo = Half2(Prmt(u, 0x1404));
-      hi = Half2(Prmt(u, 0x3424));
+      const uint32_t uh = (u & 0x80808080u) | ((u >> (8 - kL)) & kHiMask);
+      const uint32_t ul = (u << kL) & kLoMask;
+      lo = Prmt2(ul, uh, 0x5140);
+      hi = Prmt2(ul, uh, 0x7362);
+      if constexpr (!F16) {
+        lo = Bf16x2MulExact(lo, kBf16Fix);
+        hi = Bf16x2MulExact(hi, kBf16Fix);
+      }
     }
   }
 };

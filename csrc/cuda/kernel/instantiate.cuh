@@ -21,7 +21,6 @@ FpxKernels MakeKernels() {
   k.gemm[0] = FpxGemmKernel<E, MB, F16, 1, D>;
   k.gemm[1] = FpxGemmKernel<E, MB, F16, 2, D>;
   k.gemm[2] = FpxGemmKernel<E, MB, F16, 4, D>;
-  k.gemm[3] = FpxGemmKernel<E, MB, F16, 8, 2>;
   k.reduce = SplitKReduceKernel<F16>;
   k.fold = Dequant<E, MB, F16>::FoldFactor();
   return k;
