@@ -1,7 +1,8 @@
 """Execute the benchmark notebooks (gemm_benchmark, llm_decode, accuracy) with nbclient.
 
-    # the GPU run (results JSON/PNG under $OUT, executed notebooks written back in place):
-    JAX_FPX_NB_MODE=full JAX_FPX_NB_OUT=$OUT python benchmarks/run_notebooks.py --inplace
+    # the GPU run (results JSON/PNG under $OUT; executed notebooks written back in place and,
+    # so that they come back from a remote machine, also to $OUT/notebooks):
+    JAX_FPX_NB_MODE=full JAX_FPX_NB_OUT=$OUT python benchmarks/run_notebooks.py --inplace --out-dir $OUT/notebooks
     # small CPU run into a scratch directory:
     python benchmarks/run_notebooks.py --mode small --out-dir /tmp/nb --results /tmp/nb/results
 
@@ -71,10 +72,10 @@ def run_notebooks(
     timeout: int = 3600,
     log=None,
 ) -> dict:
-    """Executes the notebooks; returns ``{name: {"seconds", "ok", "error", "path"}}``.
+    """Executes the notebooks; returns ``{name: {"seconds", "ok", "error", "paths"}}``.
 
     ``mode``: ``"small"`` / ``"full"`` (default: ``$JAX_FPX_NB_MODE`` or small). Executed notebooks go
-    back in place (``inplace``) or to ``out_dir`` (neither: not written). ``results_dir`` sets the
+    back in place (``inplace``) and/or to ``out_dir`` (neither: not written). ``results_dir`` sets the
     kernels' ``JAX_FPX_NB_OUT`` (default: inherited, else the notebooks' benchmarks/results).
     The caller's environment is left as it was.
     """
@@ -134,21 +135,20 @@ def _run_one(name, mode, env, out_dir, inplace, timeout, log) -> dict:
         err = f"{type(e).__name__}: {e}"
     dt = time.perf_counter() - t0
     nb.metadata["kernelspec"] = dict(KERNELSPEC)
-    dest = src if inplace else (Path(out_dir) / src.name if out_dir is not None else None)
-    if dest is not None:
+    dests = ([src] if inplace else []) + ([Path(out_dir) / src.name] if out_dir is not None else [])
+    for dest in dests:
         nbformat.write(nb, dest)
-    log(f"[{name}] {'ok' if err is None else 'FAILED'} in {dt:.1f} s" + (f" -> {dest}" if dest else ""))
+    log(f"[{name}] {'ok' if err is None else 'FAILED'} in {dt:.1f} s" + "".join(f" -> {d}" for d in dests))
     if err:
         log(re.sub(r"\x1b\[[0-9;]*m", "", err)[-3000:])
-    return {"seconds": round(dt, 1), "ok": err is None, "error": err, "path": str(dest) if dest else None}
+    return {"seconds": round(dt, 1), "ok": err is None, "error": err, "paths": [str(d) for d in dests]}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=("small", "full"), default=None, help="default: $JAX_FPX_NB_MODE or small")
-    where = ap.add_mutually_exclusive_group()
-    where.add_argument("--inplace", action="store_true", help="write the executed notebooks back to notebooks/")
-    where.add_argument("--out-dir", default=None, help="write the executed notebooks to this directory")
+    ap.add_argument("--inplace", action="store_true", help="write the executed notebooks back to notebooks/")
+    ap.add_argument("--out-dir", default=None, help="(also) write the executed notebooks to this directory")
     ap.add_argument("--results", default=None, help="results directory (sets JAX_FPX_NB_OUT; default: $JAX_FPX_NB_OUT "
                                                      "or benchmarks/results)")
     ap.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(NOTEBOOKS)}")
