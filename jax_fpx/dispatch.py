@@ -9,13 +9,13 @@ from .formats import FPxFormat
 
 # Largest number of rows M (tokens) for which the CUDA kernel runs under impl="auto"; above it
 # jax_fpx.linear takes the large-M path (CUDA dequantize + XLA dot, jax_fpx.fallback).
-# Measured 2026-11-26 on an H100 80GB HBM3, jax 0.11.2, bf16, benchmarks/results/threshold_h100.json
-# (KERNEL_NOTES.md), kernel vs fallback in us:
-#   8192x28672:  M=48 411 vs 456, M=64 480 vs 440, M=128 910 vs 572
-#   28672x8192:  M=48 409 vs 501, M=64 392 vs 490, M=128 743 vs 505
-#   8192x8192:   M=48 107 vs 143, M=64 127 vs 154, M=128 230 vs 146
-# (fp4_e2m1 alike). The kernel wins up to 64 (but one shape at 64), loses from 128 on.
-GPU_KERNEL_MAX_M = 64
+# Measured 2026-11-26 on an H100 80GB HBM3, jax 0.11.2, bf16, fp6_e3m2, final kernel
+# (benchmarks/KERNEL_NOTES.md, "threshold"), kernel vs fallback in us:
+#   8192x28672:  M=64 320 vs 453, M=96 454 vs 464, M=128 562 vs 455
+#   28672x8192:  M=64 280 vs 493, M=96 368 vs 507, M=128 532 vs 497
+#   8192x8192:   M=64  97 vs 157, M=96 119 vs 161, M=128 193 vs 154
+# The kernel wins up to 96 and loses from 128 on. (Both are slower than XLA's bf16 dot there.)
+GPU_KERNEL_MAX_M = 96
 
 # Largest M for which the CPU handler runs under impl="auto" (above it: dequantize + XLA's
 # multithreaded dot). Measured 2026-11-26 on the 2-core CI-type Xeon (AVX-512), jax 0.10.2:
