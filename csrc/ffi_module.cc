@@ -2,25 +2,14 @@
 #include <nanobind/nanobind.h>
 
 #include "cpu/linear_cpu.h"
+#include "linear_args.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 namespace nb = nanobind;
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFpxLinearCpu, jax_fpx::LinearCpu,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()  // x
-                                  .Arg<ffi::AnyBuffer>()  // data
-                                  .Arg<ffi::AnyBuffer>()  // scale
-                                  .Arg<ffi::AnyBuffer>()  // bias
-                                  .Ret<ffi::AnyBuffer>()  // y
-                                  .Ret<ffi::AnyBuffer>()  // workspace
-                                  .Attr<int32_t>("ebits")
-                                  .Attr<int32_t>("mbits")
-                                  .Attr<int32_t>("in_features")
-                                  .Attr<int32_t>("out_features")
-                                  .Attr<int32_t>("group_size")
-                                  .Attr<int32_t>("split_k"));
+                              jax_fpx::BindLinearOperands(ffi::Ffi::Bind()));
 
 #ifdef JAX_FPX_WITH_CUDA
 XLA_FFI_DECLARE_HANDLER_SYMBOL(JaxFpxLinearCuda);      // csrc/cuda/fpx_gemm.cu

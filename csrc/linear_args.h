@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "fpx_format.h"
 #include "xla/ffi/api/ffi.h"
@@ -34,6 +35,24 @@ struct LinearProblem {
   bool fp16 = false;                    // activations are f16 (else bf16)
   int split_k = 0;                      // requested split (0 = auto)
 };
+
+// Appends the call's operands and attributes (see the top of this file) to an FFI binding, so
+// the CPU and CUDA handlers bind the same signature.
+template <typename Binding>
+auto BindLinearOperands(Binding binding) {
+  return std::move(binding).template Arg<ffi::AnyBuffer>()  // x
+      .template Arg<ffi::AnyBuffer>()            // data
+      .template Arg<ffi::AnyBuffer>()            // scale
+      .template Arg<ffi::AnyBuffer>()            // bias
+      .template Ret<ffi::AnyBuffer>()            // y
+      .template Ret<ffi::AnyBuffer>()            // workspace
+      .template Attr<int32_t>("ebits")
+      .template Attr<int32_t>("mbits")
+      .template Attr<int32_t>("in_features")
+      .template Attr<int32_t>("out_features")
+      .template Attr<int32_t>("group_size")
+      .template Attr<int32_t>("split_k");
+}
 
 inline int64_t Prod(ffi::AnyBuffer::Dimensions d, size_t begin, size_t end) {
   int64_t p = 1;

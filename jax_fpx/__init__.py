@@ -12,7 +12,7 @@ from __future__ import annotations
 from . import layout, reference
 from .formats import FORMATS, FPxFormat, get_format
 from .ops import linear
-from .quantize import dequantize, quantize
+from .quantize import ScaleSearch, dequantize, quantize
 from .weight import FPxWeight
 
 __version__ = "0.1.0"
@@ -22,6 +22,7 @@ __all__ = [
     "FORMATS",
     "get_format",
     "quantize",
+    "ScaleSearch",
     "dequantize",
     "linear",
     "reference",

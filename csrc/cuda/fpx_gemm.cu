@@ -186,18 +186,6 @@ ffi::Error LinearCuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer data
 }  // namespace jax_fpx
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxFpxLinearCuda, jax_fpx::cuda::LinearCuda,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::AnyBuffer>()  // x
-                                  .Arg<ffi::AnyBuffer>()  // data
-                                  .Arg<ffi::AnyBuffer>()  // scale
-                                  .Arg<ffi::AnyBuffer>()  // bias
-                                  .Ret<ffi::AnyBuffer>()  // y
-                                  .Ret<ffi::AnyBuffer>()  // workspace
-                                  .Attr<int32_t>("ebits")
-                                  .Attr<int32_t>("mbits")
-                                  .Attr<int32_t>("in_features")
-                                  .Attr<int32_t>("out_features")
-                                  .Attr<int32_t>("group_size")
-                                  .Attr<int32_t>("split_k"),
+                              jax_fpx::BindLinearOperands(
+                                  ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()),
                               {ffi::Traits::kCmdBufferCompatible});
