@@ -53,7 +53,7 @@ def _device_name() -> str:
 
 def _make_weights(method: str, k: int, n: int, count: int, key) -> tuple[list, int, callable]:
     """Returns (weights, bytes per weight, apply(x, w) -> y)."""
-    from . import linear, quantize  # noqa: F401  (quantize kept for users of this module)
+    from . import linear
     from .formats import get_format
     from .layout import data_shape, scale_shape
     from .weight import FPxWeight
@@ -91,9 +91,7 @@ def _make_weights(method: str, k: int, n: int, count: int, key) -> tuple[list, i
     nbytes = int(np.prod(ds)) * 4 + int(np.prod(ss)) * 4
     impl = impl or "auto"
     if impl == "fallback":  # the large-M path of impl="auto": dequantize (CUDA kernel) + XLA dot
-        from .fallback import dequant_dot
-
-        return ws, nbytes, lambda x, w: dequant_dot(x, w)
+        impl = "xla"
     return ws, nbytes, lambda x, w: linear(x, w, impl=impl, split_k=split_k)
 
 

@@ -1,22 +1,17 @@
-"""The large-M path: dequantize once, then XLA's GEMM (float32 accumulation).
-
-On CUDA the dequantization is one FFI kernel (``jax_fpx_dequantize``: packed codes ->
-dense ``[N, K]`` in the activation dtype), which XLA's dot consumes as a transposed operand;
-elsewhere it is the pure-JAX :func:`jax_fpx.dequantize`.
+"""The CUDA dequantize kernel of the large-M path (``impl="xla"`` and ``"auto"`` above the
+kernel's M threshold): packed codes -> dense ``[N, K]`` in the activation dtype, which XLA's
+dot consumes as a transposed operand (jax_fpx.ops._dequant_matmul). GPU only.
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from . import _ffi, reference
+from . import _ffi
 from .weight import FPxWeight
 
-__all__ = ["dequant_dot", "dequantize_nk"]
+__all__ = ["dequantize_nk"]
 
 
 def dequantize_nk(w: FPxWeight, dtype) -> jax.Array:
@@ -34,26 +29,4 @@ def dequantize_nk(w: FPxWeight, dtype) -> jax.Array:
         in_features=np.int32(w.in_features),
         out_features=np.int32(w.out_features),
         group_size=np.int32(w.group_size or 0),
-    )
-
-
-def _cuda_dequant_dot(x2, w, bias):
-    w_nk = dequantize_nk(w, x2.dtype)
-    y = jax.lax.dot_general(x2, w_nk, (((x2.ndim - 1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-    if bias is not None:
-        y = y + bias.astype(jnp.float32)
-    return y.astype(x2.dtype)
-
-
-def _cpu_dequant_dot(x2, w, bias):
-    # XLA:CPU's bf16/f16 dot does not accumulate in float32: use float32 operands there.
-    return reference.linear(x2, w, bias)
-
-
-def dequant_dot(x2: jax.Array, w: FPxWeight, bias: Optional[jax.Array] = None) -> jax.Array:
-    """``x2 @ dequantize(w, x2.dtype) (+ bias)``; x2: ``(M, in_features)`` bf16/f16."""
-    if not _ffi.register():
-        return jax.lax.platform_dependent(x2, w, bias, cpu=_cpu_dequant_dot, default=reference.dequant_dot)
-    return jax.lax.platform_dependent(
-        x2, w, bias, cpu=_cpu_dequant_dot, cuda=_cuda_dequant_dot, default=reference.dequant_dot
     )

@@ -128,7 +128,7 @@ def _check_inputs(x, w, bias, impl, split_k):
     dt = jnp.dtype(x.dtype)
     if dt not in _ACT_DTYPES:
         hint = (
-            f" (cast first: x.astype(jnp.bfloat16) or x.astype(jnp.float16))"
+            " (cast first: x.astype(jnp.bfloat16) or x.astype(jnp.float16))"
             if jnp.issubdtype(dt, jnp.floating)
             else ""
         )
@@ -212,10 +212,6 @@ _linear_2d.defvjp(_linear_2d_fwd, _linear_2d_bwd, symbolic_zeros=True)
 def _forward(x2, w, bias, impl, split_k):
     if impl == "reference":
         return reference.linear(x2, w, bias)
-    if impl == "xla":
-        from . import fallback
-
-        return fallback.dequant_dot(x2, w, bias)
     _ffi.register()
     k_blocks = w.padded_shape[1] // layout.K_BLOCK
     if split_k is not None and split_k > k_blocks:
@@ -346,6 +342,7 @@ def _dispatch(x3, data, scale, bias2, meta, batch):
         cuda_built
         and m_known
         and dispatch.gpu_kernel_supports(fmt, fp16)
+        and impl != "xla"
         and (impl == "kernel" or split_k is not None or m <= dispatch.GPU_KERNEL_MAX_M)
     )
 
@@ -356,7 +353,9 @@ def _dispatch(x3, data, scale, bias2, meta, batch):
         b2 = bias2 if has_bias else bias2[0]
         return _ffi_linear(x3, data, scale, b2, meta, sk, ws_elems, batch)
 
-    use_cpu_kernel = impl == "kernel" or split_k is not None or not m_known or m <= dispatch.CPU_KERNEL_MAX_M
+    use_cpu_kernel = impl != "xla" and (
+        impl == "kernel" or split_k is not None or not m_known or m <= dispatch.CPU_KERNEL_MAX_M
+    )
 
     def cpu(x3, data, scale, bias2):
         if not use_cpu_kernel:
@@ -376,7 +375,7 @@ def _dispatch(x3, data, scale, bias2, meta, batch):
 
 
 def _dequant_matmul(x3, data, scale, bias2, meta, cuda_dequant=False, on_cpu=False):
-    """Batched version of reference.dequant_dot / fallback.dequant_dot (the non-kernel path):
+    """The non-kernel path (impl="xla", and "auto" above the kernels' M thresholds), batched:
     dequantize once (the CUDA ``jax_fpx_dequantize`` kernel on GPU builds), then XLA's GEMM."""
     fmt, shape, group_size, _, _ = meta
     w = FPxWeight(data, scale, fmt, shape, group_size)

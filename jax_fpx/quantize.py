@@ -103,7 +103,6 @@ def unpack(data: jax.Array, bits: int) -> jax.Array:
     codes = jnp.zeros((*lead, layout.LANES, 8, 4), jnp.uint32)
     start = 0
     for off, p in layout.parts_for_bits(bits):
-        q = 8 // p
         w = data[..., start : start + layout.LANES * p].reshape(*lead, layout.LANES, p, 1, 1)
         vals = (w >> _slot_shifts(p)) & (2**p - 1)  # [..., 32, p, Q, 4]
         codes = codes | (vals.reshape(*lead, layout.LANES, 8, 4) << (bits - off - p))

@@ -1,6 +1,7 @@
 """The oracle: dequantize -> ``jnp.dot`` with float32 accumulation.
 
-Used by the tests, as the fallback where no kernel applies, and by the backward pass.
+Used by the tests and as ``impl="reference"``. (The fast non-kernel path, dequantize to the
+activation dtype + XLA's GEMM, is ``impl="xla"``.)
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import jax.numpy as jnp
 from .quantize import dequantize
 from .weight import FPxWeight
 
-__all__ = ["linear", "dequant_dot"]
+__all__ = ["linear"]
 
 
 def linear(x: jax.Array, w: FPxWeight, bias: Optional[jax.Array] = None) -> jax.Array:
@@ -27,14 +28,6 @@ def linear(x: jax.Array, w: FPxWeight, bias: Optional[jax.Array] = None) -> jax.
       ``(..., out_features)`` in ``x.dtype``.
     """
     y = jnp.dot(x.astype(jnp.float32), dequantize(w, jnp.float32), precision=jax.lax.Precision.HIGHEST)
-    if bias is not None:
-        y = y + bias.astype(jnp.float32)
-    return y.astype(x.dtype)
-
-
-def dequant_dot(x: jax.Array, w: FPxWeight, bias: Optional[jax.Array] = None) -> jax.Array:
-    """Fast fallback: dequantize to ``x.dtype`` and let XLA's GEMM run (float32 accumulation)."""
-    y = jnp.dot(x, dequantize(w, x.dtype), preferred_element_type=jnp.float32)
     if bias is not None:
         y = y + bias.astype(jnp.float32)
     return y.astype(x.dtype)

@@ -1,5 +1,7 @@
 """The dequantize + XLA dot path (large M): the CUDA dequantize kernel and its lowering."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +16,7 @@ def test_fallback_matches_reference():
     x = jax.random.normal(jax.random.key(1), (9, 300)).astype(jnp.bfloat16)
     b = jnp.linspace(-1, 1, 70)
     want = np.asarray(jax_fpx.reference.linear(x, w, b), np.float32)
-    got = np.asarray(jax.jit(fallback.dequant_dot)(x, w, b), np.float32)
+    got = np.asarray(jax.jit(functools.partial(jax_fpx.linear, impl="xla"))(x, w, b), np.float32)
     # CPU computes in float32; GPU rounds the dequantized weights to bf16 (2^-9 relative each)
     # before its dot: bound the error by that rounding over sum |x||w|, plus the output rounding.
     mag = np.asarray(jnp.abs(x.astype(jnp.float32)) @ jnp.abs(jax_fpx.dequantize(w)))
@@ -26,8 +28,8 @@ def test_fallback_matches_reference():
 def test_cuda_lowering_uses_the_dequantize_kernel():
     w = jax_fpx.quantize(jnp.ones((128, 64)), "fp6_e3m2")
     x = jax.ShapeDtypeStruct((512, 128), jnp.bfloat16)
-    exp = jax.export.export(jax.jit(fallback.dequant_dot), platforms=["cuda"], disabled_checks=[
-        jax.export.DisabledSafetyCheck.custom_call(_ffi.DEQUANTIZE_TARGET)])(x, w)
+    fn = jax.jit(functools.partial(jax_fpx.linear, impl="xla"))
+    exp = jax.export.export(fn, platforms=["cuda"], disabled_checks=jax_fpx.ops.export_disabled_checks())(x, w)
     assert _ffi.DEQUANTIZE_TARGET in exp.mlir_module()
 
 

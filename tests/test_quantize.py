@@ -7,7 +7,7 @@ import pytest
 
 import jax_fpx
 from jax_fpx import layout
-from jax_fpx.quantize import decode, encode, pack, unpack
+from jax_fpx.quantize import pack, unpack
 
 FORMATS = ["fp6_e3m2", "fp6_e2m3", "fp5_e2m2", "fp4_e2m1", "fp8_e4m3", "fp3_e1m1", "fp7_e3m3"]
 
