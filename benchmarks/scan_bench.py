@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 import sys
-import time
 
 # --- optimized-HLO inspection (also used by tests/test_transforms.py) ------------------------
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
@@ -139,16 +137,27 @@ def weights_copied(text: str) -> bool:
 
 # --- benchmark -------------------------------------------------------------------------------
 def _time(fn, args, iters: int) -> float:
-    out = fn(*args)
-    jax.block_until_ready(out)
-    for _ in range(2):
-        jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e6
+    """Median microseconds of ``fn(*args)`` after 3 warm-up calls (jax_fpx.bench's timer)."""
+    from jax_fpx.bench import _time_call
+
+    return _time_call(fn, args, warmup=3, reps=iters) * 1e6
+
+
+def _mlp_fns(layer):
+    """(scan over a stacked weight, unrolled over a list of weights) of the same MLP."""
+    import jax
+
+    @jax.jit
+    def scan_mlp(h, ws):
+        return jax.lax.scan(lambda h, w: (layer(h, w), None), h, ws)[0]
+
+    @jax.jit
+    def unrolled(h, ws):
+        for w in ws:
+            h = layer(h, w)
+        return h
+
+    return scan_mlp, unrolled
 
 
 def main(argv=None) -> int:
@@ -204,15 +213,7 @@ def main(argv=None) -> int:
     def layer(h, w):
         return jax.nn.gelu(jax_fpx.linear(h, w, impl=a.impl))
 
-    @jax.jit
-    def scan_mlp(h, ws):
-        return jax.lax.scan(lambda h, w: (layer(h, w), None), h, ws)[0]
-
-    @jax.jit
-    def unrolled(h, ws):
-        for w in ws:
-            h = layer(h, w)
-        return h
+    scan_mlp, unrolled = _mlp_fns(layer)
 
     @jax.jit
     def unrolled_stack(h, ws):
@@ -295,15 +296,7 @@ def _sharded_rows(a, stack, layers, layer, ms, d, L, dev, feeds_fn):
                  for i, w in enumerate(layers)]
     tp_stack = jax.device_put(stack, jax_fpx_stack_sharding(stack, mesh))
 
-    @jax.jit
-    def unrolled(h, ws):
-        for w in ws:
-            h = layer(h, w)
-        return h
-
-    @jax.jit
-    def scan_mlp(h, ws):
-        return jax.lax.scan(lambda h, w: (layer(h, w), None), h, ws)[0]
+    scan_mlp, unrolled = _mlp_fns(layer)
 
     rows = []
     for m in ms:
