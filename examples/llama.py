@@ -42,12 +42,24 @@ def _mem(dev) -> dict:
     return {k: int(s[k]) for k in ("bytes_in_use", "peak_bytes_in_use", "bytes_limit") if k in s}
 
 
+def _tp_mesh(n: int):
+    """A 1-D mesh over the first n devices (axis 'model'), or None for n == 1."""
+    if n <= 1:
+        return None
+    from jax.sharding import AxisType
+
+    if len(jax.devices()) < n:
+        raise SystemExit(f"--tp {n} needs {n} devices, JAX sees {len(jax.devices())}")
+    return jax.make_mesh((n,), ("model",), axis_types=(AxisType.Auto,), devices=jax.devices()[:n])
+
+
 def run_variant(cfg, variant, args, dev) -> dict:
+    mesh = _tp_mesh(getattr(args, "tp", 1))
     fmt = None if variant == "bf16" else args.fmt
     t = time.perf_counter()
     params = L.init_params(
         cfg, args.seed, fmt=fmt, group_size=args.group_size, quantize_lm_head=not args.no_quantize_lm_head,
-        progress=args.progress,
+        progress=args.progress, mesh=mesh,
     )
     jax.block_until_ready(params)
     init_s = time.perf_counter() - t
@@ -58,6 +70,8 @@ def run_variant(cfg, variant, args, dev) -> dict:
 
     def one_run():
         cache = L.init_cache(cfg, args.batch, max_len)
+        if mesh is not None:
+            cache = L.shard_cache(cache, mesh)
         t0 = time.perf_counter()
         tok, cache = L.prefill(params, jnp.asarray(prompt), cache, cfg=cfg, impl=impl)
         tok.block_until_ready()
@@ -109,6 +123,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-quantize-lm-head", action="store_true", help="keep lm_head in bf16 in the FPx variant")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--progress", action="store_true", help="progress bar while drawing/quantizing params")
+    ap.add_argument("--tp", type=int, default=1, help="tensor-parallel over this many devices (mesh axis 'model')")
     ap.add_argument("--json", default=None, help="write the summary JSON here")
     a = ap.parse_args(argv)
     cfg = L.CONFIGS[a.size]
@@ -131,6 +146,7 @@ def main(argv=None) -> int:
         "config": cfg.__dict__,
         "n_params": cfg.n_params(),
         "batch": a.batch,
+        "tp": a.tp,
         "prompt_len": a.prompt_len,
         "steps": a.steps,
         "device": dev.device_kind,

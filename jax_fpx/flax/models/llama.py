@@ -22,10 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ...formats import FormatLike
+from ...sharding import check_shardable, weight_sharding
 from ...weight import FPxWeight
 from ..convert import fpx_dense_interceptor, quantize_params
 
-__all__ = ["LlamaConfig", "Llama", "CONFIGS", "init_cache", "init_params", "prefill", "decode", "generate", "weight_bytes", "is_quantized"]
+__all__ = ["LlamaConfig", "Llama", "CONFIGS", "init_cache", "init_params", "prefill", "decode", "generate", "weight_bytes", "is_quantized",
+           "shard_params", "shard_cache", "tp_sharding"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,13 +174,15 @@ def init_params(
     group_size: Optional[int] = None,
     quantize_lm_head: bool = True,
     progress: Optional[bool] = None,
+    mesh: Optional[jax.sharding.Mesh] = None,
 ) -> dict:
     """Random params of ``Llama(cfg)``, drawn leaf by leaf on the default device.
 
     Each leaf's values depend only on ``seed`` and its path, so the bf16 and the FPx model
     share weights. With ``fmt``, each ``kernel`` is quantized right after it is drawn and
     the dense copy is deleted (peak = quantized model + one dense matrix). ``lm_head`` is
-    quantized too unless ``quantize_lm_head=False``.
+    quantized too unless ``quantize_lm_head=False``. With ``mesh``, each leaf is placed with
+    :func:`tp_sharding` (tensor parallel over the mesh axis ``"model"``) as soon as it is made.
     """
     from tqdm.auto import tqdm
 
@@ -202,8 +206,47 @@ def init_params(
             ]
         else:
             arr.block_until_ready()
+        if mesh is not None:
+            # the shard on the source device may alias the original: drop the reference, no delete()
+            arr = jax.block_until_ready(jax.device_put(arr, tp_sharding(name, arr, mesh)))
         out[i] = arr
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+# Megatron-style tensor parallelism: column-parallel projections (out_features split: whole
+# heads / FFN columns per device), row-parallel output projections (in_features split, partial
+# sums all-reduced by jax_fpx.linear's partitioning rule); norms and embeddings replicated.
+COLUMN_PARALLEL = ("wq", "wk", "wv", "w1", "w3", "lm_head")
+ROW_PARALLEL = ("wo", "w2")
+
+
+def tp_sharding(name: str, leaf: Any, mesh: jax.sharding.Mesh, axis: str = "model") -> Any:
+    """Sharding of the param at path ``name`` (``"layers_0/attn/wq/kernel"``) for TP over ``axis``."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    parts = name.split("/")
+    if parts[-1] != "kernel" or len(parts) < 2 or parts[-2] not in COLUMN_PARALLEL + ROW_PARALLEL:
+        return NamedSharding(mesh, P())
+    in_ax, out_ax = (None, axis) if parts[-2] in COLUMN_PARALLEL else (axis, None)
+    if isinstance(leaf, FPxWeight):
+        check_shardable(leaf, mesh, in_ax, out_ax)
+        return weight_sharding(leaf, mesh, in_ax, out_ax)
+    return NamedSharding(mesh, P(in_ax, out_ax))
+
+
+def shard_params(params: Any, mesh: jax.sharding.Mesh, axis: str = "model") -> Any:
+    """``params`` placed for tensor parallelism over ``mesh`` axis ``axis`` (see :func:`tp_sharding`)."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: isinstance(x, FPxWeight))
+    out = [jax.device_put(leaf, tp_sharding(_path_str(path), leaf, mesh, axis)) for path, leaf in flat]
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def shard_cache(cache: list, mesh: jax.sharding.Mesh, axis: str = "model") -> list:
+    """KV cache split over KV heads (axis 2), matching the column-parallel wk/wv."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    s = NamedSharding(mesh, P(None, None, axis, None))
+    return [(jax.device_put(k, s), jax.device_put(v, s)) for k, v in cache]
 
 
 def _apply(model, params, tokens, pos, cache, impl):
