@@ -1,6 +1,6 @@
 """The CUDA dequantize kernel of the large-M path (``impl="xla"`` and ``"auto"`` above the
 kernel's M threshold): packed codes -> dense ``[N, K]`` in the activation dtype, which XLA's
-dot consumes as a transposed operand (jax_fpx.ops._dequant_matmul). GPU only.
+dot consumes as a transposed operand (jax_fpx.kernel_call.dequant_matmul). GPU only.
 """
 
 from __future__ import annotations

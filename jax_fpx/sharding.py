@@ -48,7 +48,7 @@ import jax.numpy as jnp
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from . import layout, ops
+from . import kernel_call, layout
 from .ops import linear
 from .weight import FPxWeight
 
@@ -199,7 +199,7 @@ def sharded_linear(
 def linear_2d(x2, data, scale, bias, meta):
     """ops' 2-D entry: ``(M, K) x packed -> (M, N)``; partitionable when AUTO_PARTITION."""
     if not AUTO_PARTITION:
-        return ops._dispatch_2d(x2, data, scale, bias, meta)
+        return kernel_call.dispatch_2d(x2, data, scale, bias, meta)
     fn = _partitioned(meta, bias is not None)
     args = (x2, data, scale) if bias is None else (x2, data, scale, bias.astype(jnp.float32))
     return fn(*args)
@@ -307,8 +307,8 @@ def _partition(meta, has_bias, mesh, arg_shapes, result_shape):
     def lower_fn(x2, data, scale, *bias):
         b = bias[0] if bias else None
         if in_axis is None:
-            return ops._dispatch_2d(x2, data, scale, b, local)
-        part = ops._dispatch_2d(x2, data, scale, None, local).astype(jnp.float32)
+            return kernel_call.dispatch_2d(x2, data, scale, b, local)
+        part = kernel_call.dispatch_2d(x2, data, scale, None, local).astype(jnp.float32)
         y = jax.lax.psum(part, in_axis)
         if b is not None:
             y = y + b
@@ -320,7 +320,7 @@ def _partition(meta, has_bias, mesh, arg_shapes, result_shape):
 @functools.lru_cache(maxsize=None)
 def _partitioned(meta, has_bias):
     def body(x2, data, scale, *bias):
-        return ops._dispatch_2d(x2, data, scale, bias[0] if bias else None, meta)
+        return kernel_call.dispatch_2d(x2, data, scale, bias[0] if bias else None, meta)
 
     fn = custom_partitioning(body)
     rule, kw = _sdy_rule(meta, has_bias)
