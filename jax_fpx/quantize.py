@@ -24,16 +24,21 @@ __all__ = ["quantize", "ScaleSearch", "dequantize", "encode", "decode", "pack", 
 _FLOAT_KERNEL_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
-def encode(v: jax.Array, fmt: FPxFormat) -> jax.Array:
-    """float values -> uint32 codes (RNE, saturating). NaN encodes as 0 (callers reject it)."""
-    v = jnp.asarray(v, jnp.float32)
+def _round_magnitude(v: jax.Array, fmt: FPxFormat) -> jax.Array:
+    """|v| rounded to the format's grid (RNE, saturating; NaN -> 0), exactly, in float32."""
     a = jnp.minimum(jnp.abs(v), fmt.max_value)
     a = jnp.where(jnp.isnan(a), 0.0, a)
     _, ex = jnp.frexp(a)  # a = f * 2**ex, f in [0.5, 1)
     e = jnp.maximum(ex - 1, fmt.min_normal_exp)  # binade (subnormals share the lowest)
     step_exp = e - fmt.mbits
     r = jnp.ldexp(jnp.round(jnp.ldexp(a, -step_exp)), step_exp)  # exact: power-of-two scaling
-    r = jnp.minimum(r, fmt.max_value)
+    return jnp.minimum(r, fmt.max_value)
+
+
+def encode(v: jax.Array, fmt: FPxFormat) -> jax.Array:
+    """float values -> uint32 codes (RNE, saturating). NaN encodes as 0 (callers reject it)."""
+    v = jnp.asarray(v, jnp.float32)
+    r = _round_magnitude(v, fmt)
     _, rex = jnp.frexp(r)
     big_e = jnp.where(r >= 2.0**fmt.min_normal_exp, rex - 1 + fmt.bias, 0)
     unit_exp = jnp.where(big_e == 0, fmt.min_normal_exp, big_e - fmt.bias) - fmt.mbits
@@ -146,17 +151,16 @@ def quantize(
         ``'e4m3'``, ...), ``(ebits, mbits)`` or :class:`FPxFormat`.
       group_size: ``None`` for one scale per output channel, or a multiple of 64 for one
         scale per ``group_size`` input elements of each output channel.
-
-    Returns:
-      :class:`FPxWeight` with packed ``uint32`` data and ``float32`` scales.
-
       scale_search: ``None``/``False`` (default): scale = absmax / format max. ``True`` or a
         :class:`ScaleSearch`: per scale (channel or group), try ``candidates`` multiples
-        ``r`` of the absmax scale in ``[lo, hi]`` (then ``refine`` finer ones around the best) (``r < 1`` clips the largest weights,
-        ``r > 1`` moves values onto a better part of the non-uniform FP grid) and keep the one
+        ``r`` of the absmax scale in ``[lo, hi]`` (then ``refine`` finer ones around the best; ``r < 1`` clips the
+        largest weights, ``r > 1`` moves values onto a better part of the non-uniform FP grid) and keep the one
         with the smallest squared weight error, weighted per input channel by
         ``ScaleSearch.importance`` if given (e.g. the mean squared activation of each input
         feature from a few calibration batches). Encoding is unchanged (RNE, saturating).
+
+    Returns:
+      :class:`FPxWeight` with packed ``uint32`` data and ``float32`` scales.
 
     Rounding is to nearest, ties to even, saturating at the format's max. NaN/Inf in a
     concrete kernel raise ``ValueError``. Under tracing (``jit``/``vmap``/Flax ``init``) the
@@ -192,10 +196,7 @@ def quantize(
 
 def _round_to_grid(v: jax.Array, fmt: FPxFormat) -> jax.Array:
     """``decode(encode(v))`` without building codes (same RNE + saturation; for the scale search)."""
-    a = jnp.minimum(jnp.abs(v), fmt.max_value)
-    _, ex = jnp.frexp(a)
-    step_exp = jnp.maximum(ex - 1, fmt.min_normal_exp) - fmt.mbits
-    r = jnp.minimum(jnp.ldexp(jnp.round(jnp.ldexp(a, -step_exp)), step_exp), fmt.max_value)
+    r = _round_magnitude(v, fmt)
     return jnp.where(v < 0, -r, r)
 
 
@@ -223,12 +224,26 @@ class ScaleSearch:
             raise ValueError(f"ScaleSearch needs candidates >= 2 and 0 < lo < hi, got {self}")
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
-def _quantize_search_jit(kernel, importance, fmt: FPxFormat, group_size, candidates: int, lo: float, hi: float, refine: int):
+def _padded_nk(kernel: jax.Array, group_size: Optional[int]) -> jax.Array:
+    """``(..., K, N)`` kernel -> zero-padded float32 ``(..., N_pad, K_pad)``."""
     *lead, k_in, n_out = kernel.shape
     n_pad, k_pad = layout.padded_shape(k_in, n_out, group_size)
-    wt = jnp.swapaxes(kernel.astype(jnp.float32), -1, -2)  # [..., N, K]
-    wt = jnp.pad(wt, [(0, 0)] * len(lead) + [(0, n_pad - n_out), (0, k_pad - k_in)])
+    wt = jnp.swapaxes(kernel.astype(jnp.float32), -1, -2)
+    return jnp.pad(wt, [(0, 0)] * len(lead) + [(0, n_pad - n_out), (0, k_pad - k_in)])
+
+
+def _encode_pack(wt: jax.Array, scale: jax.Array, fmt: FPxFormat) -> jax.Array:
+    """Packed codes of ``wt / scale`` (wt ``[..., N_pad, K_pad]``, scale ``[..., N_pad, G]``)."""
+    per_elem = jnp.repeat(scale, wt.shape[-1] // scale.shape[-1], axis=-1)
+    codes = encode(jnp.where(jnp.isfinite(per_elem), wt / per_elem, 0.0), fmt)
+    return pack(codes, fmt.bits)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
+def _quantize_search_jit(kernel, importance, fmt: FPxFormat, group_size, candidates: int, lo: float, hi: float, refine: int):
+    k_in = kernel.shape[-2]
+    wt = _padded_nk(kernel, group_size)
+    k_pad = wt.shape[-1]
     imp = jnp.pad(importance, [(0, 0)] * (importance.ndim - 1) + [(0, k_pad - k_in)])
     base = _scales(wt, fmt, group_size)  # [..., N, G]
     n_groups = base.shape[-1]
@@ -258,23 +273,14 @@ def _quantize_search_jit(kernel, importance, fmt: FPxFormat, group_size, candida
         r1 = carry[0]
         carry = search(lambda i, r: r1 + step * (2.0 * i / (refine - 1) - 1.0), refine, carry)
     scale = base * carry[0]
-    per_elem = jnp.repeat(scale, g, axis=-1)
-    codes = encode(jnp.where(jnp.isfinite(per_elem), wt / per_elem, 0.0), fmt)
-    return pack(codes, fmt.bits), scale
+    return _encode_pack(wt, scale, fmt), scale
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _quantize_jit(kernel: jax.Array, fmt: FPxFormat, group_size: Optional[int]):
-    *lead, k_in, n_out = kernel.shape
-    n_pad, k_pad = layout.padded_shape(k_in, n_out, group_size)
-    wt = jnp.swapaxes(kernel.astype(jnp.float32), -1, -2)  # [..., N, K]
-    pad = [(0, 0)] * len(lead) + [(0, n_pad - n_out), (0, k_pad - k_in)]
-    wt = jnp.pad(wt, pad)
+    wt = _padded_nk(kernel, group_size)
     scale = _scales(wt, fmt, group_size)
-    g = k_pad // scale.shape[-1]
-    per_elem = jnp.repeat(scale, g, axis=-1)
-    codes = encode(jnp.where(jnp.isfinite(per_elem), wt / per_elem, 0.0), fmt)
-    return pack(codes, fmt.bits), scale
+    return _encode_pack(wt, scale, fmt), scale
 
 
 def dequantize(w: FPxWeight, dtype=jnp.float32) -> jax.Array:
