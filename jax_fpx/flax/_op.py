@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import jax
@@ -52,3 +53,41 @@ def fpx_matmul(
     if bias is not None:
         y = y + jnp.asarray(bias).astype(compute)
     return y
+
+
+def contracted_trailing_axes(axis: Any, batch_dims: Any, ndim: int, where: str) -> int:
+    """Number of trailing input axes a DenseGeneral-style layer contracts; raises
+    ``NotImplementedError`` (naming ``where``) for ``batch_dims`` or non-trailing axes."""
+    if tuple(batch_dims):
+        raise NotImplementedError(f"{where}: batch_dims is not supported; use jax.vmap over a stacked FPxWeight")
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = tuple(sorted(a % ndim for a in axes))
+    if axes != tuple(range(ndim - len(axes), ndim)):
+        raise NotImplementedError(
+            f"{where}: only trailing contiguous axes can be contracted, got axis={axis} for a {ndim}-d input "
+            "(transpose the input so the contracted axes come last)"
+        )
+    return len(axes)
+
+
+def dense_general_matmul(
+    x: jax.Array,
+    w: FPxWeight,
+    bias: Optional[jax.Array],
+    features: Any,
+    n_contract: int,
+    **kwargs: Any,
+) -> jax.Array:
+    """``fpx_matmul`` over the last ``n_contract`` axes of ``x`` with the flattened 2-D ``w``;
+    the output's trailing axes are ``features`` (int or tuple), as in ``nn.DenseGeneral``."""
+    features = (features,) if isinstance(features, int) else tuple(features)
+    lead = x.shape[: x.ndim - n_contract]
+    n_out = math.prod(features)
+    y = fpx_matmul(
+        jnp.reshape(x, (*lead, math.prod(x.shape[len(lead) :]))),
+        w,
+        None if bias is None else jnp.reshape(bias, (n_out,)),
+        **kwargs,
+    )
+    return jnp.reshape(y, (*lead, *features))
+

@@ -22,7 +22,7 @@ from flax.core import FrozenDict
 from ..formats import FormatLike, get_format
 from ..quantize import ScaleSearch, quantize
 from ..weight import FPxWeight
-from ._op import fpx_matmul
+from ._op import contracted_trailing_axes, dense_general_matmul, fpx_matmul
 
 __all__ = ["quantize_params", "fpx_dense_interceptor", "dequantize_params", "dense_input_stats", "DEFAULT_EXCLUDE"]
 
@@ -189,26 +189,9 @@ def _intercept_dense(mod: nn.Module, x: jax.Array, impl: str, act_dtype: Any):
     if isinstance(mod, nn.Dense):
         return fpx_matmul(x, kernel, bias, dtype=mod.dtype, act_dtype=act_dtype, impl=impl)
     # nn.DenseGeneral with a flattened 2-D FPxWeight (quantize_params(dense_general=...)).
-    if tuple(mod.batch_dims):
-        raise NotImplementedError(f"{'/'.join(mod.scope.path)}: DenseGeneral with batch_dims is not supported by jax_fpx")
-    features = (mod.features,) if isinstance(mod.features, int) else tuple(mod.features)
-    axes = (mod.axis,) if isinstance(mod.axis, int) else tuple(mod.axis)
-    axes = tuple(sorted(a % x.ndim for a in axes))
-    if axes != tuple(range(x.ndim - len(axes), x.ndim)):
-        raise NotImplementedError(
-            f"{'/'.join(mod.scope.path)}: jax_fpx supports DenseGeneral over trailing contiguous axes only, got axis={mod.axis}"
-        )
-    lead = x.shape[: x.ndim - len(axes)]
-    n_out = math.prod(features)
-    y = fpx_matmul(
-        jnp.reshape(x, (*lead, math.prod(x.shape[len(lead) :]))),
-        kernel,
-        None if bias is None else jnp.reshape(bias, (n_out,)),
-        dtype=mod.dtype,
-        act_dtype=act_dtype,
-        impl=impl,
-    )
-    return jnp.reshape(y, (*lead, *features))
+    where = f"DenseGeneral {'/'.join(mod.scope.path)}"
+    n_contract = contracted_trailing_axes(mod.axis, mod.batch_dims, x.ndim, where)
+    return dense_general_matmul(x, kernel, bias, mod.features, n_contract, dtype=mod.dtype, act_dtype=act_dtype, impl=impl)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from ..formats import FormatLike
 from ..quantize import quantize
 from ..weight import FPxWeight
-from ._op import fpx_matmul
+from ._op import contracted_trailing_axes, dense_general_matmul, fpx_matmul
 
 __all__ = ["FPxDense", "FPxDenseGeneral"]
 
@@ -86,11 +86,6 @@ class FPxDense(nn.Module):
         return fpx_matmul(inputs, kernel, bias, dtype=self.dtype, act_dtype=self.act_dtype, impl=self.impl)
 
 
-def _normalize_axes(axis: Union[int, Sequence[int]], ndim: int) -> tuple[int, ...]:
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    return tuple(sorted(a % ndim for a in axes))
-
-
 class FPxDenseGeneral(nn.Module):
     """``nn.DenseGeneral`` counterpart for contracting the *trailing* axes of the input.
 
@@ -121,32 +116,17 @@ class FPxDenseGeneral(nn.Module):
 
     @nn.compact
     def __call__(self, inputs: jax.Array) -> jax.Array:
-        if tuple(self.batch_dims):
-            raise NotImplementedError("FPxDenseGeneral does not support batch_dims; use jax.vmap over a stacked FPxWeight")
-        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        where = f"FPxDenseGeneral {'/'.join(self.scope.path)}"
         ndim = jnp.ndim(inputs)
-        axes = _normalize_axes(self.axis, ndim)
-        if axes != tuple(range(ndim - len(axes), ndim)):
-            raise NotImplementedError(
-                f"FPxDenseGeneral contracts trailing contiguous axes only, got axis={self.axis} for a "
-                f"{ndim}-d input (transpose the input so the contracted axes come last)"
-            )
-        in_shape = jnp.shape(inputs)[ndim - len(axes) :]
-        k_in, n_out = math.prod(in_shape), math.prod(features)
-        _precheck(self, f"FPxDenseGeneral {'/'.join(self.scope.path)}")
+        n_contract = contracted_trailing_axes(self.axis, self.batch_dims, ndim, where)
+        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        k_in, n_out = math.prod(jnp.shape(inputs)[ndim - n_contract :]), math.prod(features)
+        _precheck(self, where)
         kernel = self.param(
             "kernel", _quantized_init(self.kernel_init, (k_in, n_out), self.param_dtype, self.fmt, self.group_size)
         )
-        _check_kernel(kernel, k_in, n_out, f"FPxDenseGeneral {'/'.join(self.scope.path)}")
+        _check_kernel(kernel, k_in, n_out, where)
         bias = self.param("bias", self.bias_init, features, self.param_dtype) if self.use_bias else None
-        lead = jnp.shape(inputs)[: ndim - len(axes)]
-        x2 = jnp.reshape(inputs, (*lead, k_in))
-        y = fpx_matmul(
-            x2,
-            kernel,
-            None if bias is None else jnp.reshape(bias, (n_out,)),
-            dtype=self.dtype,
-            act_dtype=self.act_dtype,
-            impl=self.impl,
+        return dense_general_matmul(
+            inputs, kernel, bias, features, n_contract, dtype=self.dtype, act_dtype=self.act_dtype, impl=self.impl
         )
-        return jnp.reshape(y, (*lead, *features))
