@@ -5,6 +5,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <cstdint>
 #include <mutex>
 #include <string>
@@ -135,12 +137,22 @@ ffi::Error LinearCuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer data
   p.x_vec = (pr.k % 8 == 0) && (reinterpret_cast<uintptr_t>(p.x) % 16 == 0);
   p.fold = kernels.fold;
 
+  // Kernel: the warp kernel up to 16 rows (decode), the shared-memory tiled kernel above
+  // (needs 16-byte aligned activation rows). JAX_FPX_GEMM_KERNEL=warp|tiled forces one (for
+  // benchmarks; the tiled one only where its alignment holds).
+  const char* force = std::getenv("JAX_FPX_GEMM_KERNEL");
+  bool tiled = p.m > 16;
+  if (force && std::strcmp(force, "warp") == 0) tiled = false;
+  if (force && std::strcmp(force, "tiled") == 0) tiled = true;
+  tiled = tiled && p.x_vec;
   const int mt_idx = p.m <= 8 ? 0 : p.m <= 16 ? 1 : 2;
-  const int mt = kTokenTiles[mt_idx];
-  KernelFn gemm = kernels.gemm[mt_idx];
-  const int64_t m_tiles = CeilDiv(p.m, 8 * mt);
-  const int64_t ctas_x = CeilDiv(pr.row_tiles, kWarpsPerCta);
-  if (m_tiles > 65535 || ctas_x > 2147483647LL) return BadArg("too many rows for one launch");
+  KernelFn gemm = tiled ? kernels.gemm_tiled : kernels.gemm[mt_idx];
+  const int64_t m_tiles = CeilDiv(p.m, tiled ? kTileTokens : 8 * kTokenTiles[mt_idx]);
+  const int64_t row_ctas = CeilDiv(pr.row_tiles, kWarpsPerCta);
+  // Grid x: the warp kernel walks row tiles (one weight stream per warp); the tiled kernel walks
+  // token tiles first, so CTAs sharing a weight block run side by side (L2 reuse).
+  const int64_t gx = tiled ? m_tiles : row_ctas, gy = tiled ? row_ctas : m_tiles;
+  if (gy > 65535 || gx > 2147483647LL) return BadArg("too many rows for one launch");
 
   const int64_t out_elems = int64_t(p.batch) * p.m * p.n_pad;
   const int64_t ws_fit = static_cast<int64_t>(ws->element_count()) / std::max<int64_t>(1, out_elems);
@@ -158,13 +170,13 @@ ffi::Error LinearCuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer data
   } else if (max_split > 1) {
     const int64_t resident = int64_t(ResidentCtas(gemm)) * sms;
     const int64_t weight_bytes = int64_t(p.batch) * pr.row_tiles * pr.k_blocks * 128 * pr.bits;
-    split = AutoSplit(ctas_x * m_tiles * p.batch, pr.k_blocks, resident, out_elems, weight_bytes,
+    split = AutoSplit(gx * gy * p.batch, pr.k_blocks, resident, out_elems, weight_bytes,
                       max_split);
   }
   if (int64_t(split) * p.batch > 65535) return BadArg("batch too large for one launch");
   p.split = split;
 
-  const dim3 grid(static_cast<unsigned>(ctas_x), static_cast<unsigned>(m_tiles),
+  const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy),
                   static_cast<unsigned>(p.batch * split));
   void* args[] = {&p};
   if (auto e = cudaLaunchKernel(reinterpret_cast<const void*>(gemm), grid, dim3(kThreads), args, 0,

@@ -66,6 +66,32 @@ __device__ __forceinline__ void Unroll(F&& f) {
   UnrollFrom<0, N>(f);
 }
 
+// Epilogue: the lane holds rows (row0, row0 + 8) x tokens (2t, 2t+1) of each 8-token tile;
+// split == 1 stores y (+ bias), otherwise the f32 partial of split s goes to the workspace.
+template <bool F16, int MT>
+__device__ __forceinline__ void StoreTiles(const GemmParams& p, const float (&tot)[MT][4],
+                                           const bool (&tile_on)[MT], int b, int s, int64_t tok0,
+                                           int64_t row0, int t) {
+#pragma unroll
+  for (int i = 0; i < MT; ++i) {
+    if (!tile_on[i]) continue;
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+      const int64_t tok = tok0 + 8 * i + 2 * t + (c & 1);
+      const int64_t col = row0 + 8 * (c >> 1);
+      if (tok >= p.m) continue;
+      if (p.split == 1) {
+        if (col < p.n) {
+          const float v = tot[i][c] + BiasAt(p, b, tok, col);
+          p.y[(int64_t(b) * p.m + tok) * p.n + col] = FromF32<F16>(v);
+        }
+      } else {
+        p.ws[((int64_t(b) * p.split + s) * p.m + tok) * p.n_pad + col] = tot[i][c];
+      }
+    }
+  }
+}
+
 // Resident CTAs per SM the register budget is capped for (more warps -> more bytes in flight).
 // (Measured 2026-11-26, H100, 8192x28672 M=1: capping MT=1 at 80 registers / 6 CTAs spilled and
 // ran 112 us vs 94 us at 5 CTAs / 96 registers.)
@@ -198,26 +224,7 @@ __global__ void __launch_bounds__(kThreads, MinCtasPerSm<MT, 1 + E + MB>()) FpxG
   });
   if (!grouped) flush(nblocks - 1);
 
-  // Epilogue: lane holds rows (g, g+8) x tokens (2t, 2t+1) of each 8-token tile.
-  const int64_t row0 = nt * kRowTile + g;
-#pragma unroll
-  for (int i = 0; i < MT; ++i) {
-    if (!tile_on[i]) continue;
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
-      const int64_t tok = tok0 + 8 * i + 2 * t + (c & 1);
-      const int64_t col = row0 + 8 * (c >> 1);
-      if (tok >= p.m) continue;
-      if (p.split == 1) {
-        if (col < p.n) {
-          const float v = tot[i][c] + BiasAt(p, b, tok, col);
-          p.y[(int64_t(b) * p.m + tok) * p.n + col] = FromF32<F16>(v);
-        }
-      } else {
-        p.ws[((int64_t(b) * p.split + s) * p.m + tok) * p.n_pad + col] = tot[i][c];
-      }
-    }
-  }
+  StoreTiles<F16, MT>(p, tot, tile_on, b, s, tok0, nt * kRowTile + g, t);
 }
 
 }  // namespace cuda

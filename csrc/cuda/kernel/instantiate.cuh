@@ -2,6 +2,7 @@
 #pragma once
 
 #include "gemm.cuh"
+#include "gemm_tiled.cuh"
 #include "registry.cuh"
 #include "splitk_reduce.cuh"
 
@@ -21,6 +22,7 @@ FpxKernels MakeKernels() {
   k.gemm[0] = FpxGemmKernel<E, MB, F16, 1, D>;
   k.gemm[1] = FpxGemmKernel<E, MB, F16, 2, D>;
   k.gemm[2] = FpxGemmKernel<E, MB, F16, 4, D>;
+  k.gemm_tiled = FpxGemmTiledKernel<E, MB, F16, D>;
   k.reduce = SplitKReduceKernel<F16>;
   k.fold = Dequant<E, MB, F16>::FoldFactor();
   return k;

@@ -11,6 +11,7 @@ namespace cuda {
 
 constexpr int kWarpsPerCta = 4;  // each warp owns one 16-row tile
 constexpr int kThreads = kWarpsPerCta * 32;
+constexpr int kTileTokens = 64;  // tokens per CTA of the tiled kernel (gemm_tiled.cuh)
 
 struct GemmParams {
   const uint16_t* x;       // [batch_x][m][k] (batch folded into m when the weight is shared)

@@ -15,7 +15,8 @@ constexpr int kNumTokenTiles = 3;
 constexpr int kTokenTiles[kNumTokenTiles] = {1, 2, 4};
 
 struct FpxKernels {
-  KernelFn gemm[kNumTokenTiles] = {};
+  KernelFn gemm[kNumTokenTiles] = {};  // warp kernel (gemm.cuh), by token tiles
+  KernelFn gemm_tiled = nullptr;         // shared-memory tiled kernel (gemm_tiled.cuh), M > 16
   KernelFn reduce = nullptr;
   float fold = 1.0f;
 };
