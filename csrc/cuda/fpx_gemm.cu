@@ -38,14 +38,14 @@ ffi::Error CudaError(cudaError_t err, const char* what) {
 }
 
 // Resident CTAs per SM of a kernel (cached; a host-side query, legal during graph capture).
-int ResidentCtas(KernelFn fn) {
+int ResidentCtas(KernelFn fn, int threads) {
   static std::mutex mu;
   static std::unordered_map<const void*, int> cache;
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(reinterpret_cast<const void*>(fn));
   if (it != cache.end()) return it->second;
   int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fn, kThreads, 0) != cudaSuccess || n < 1) {
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fn, threads, 0) != cudaSuccess || n < 1) {
     cudaGetLastError();
     n = 1;
   }
@@ -146,9 +146,11 @@ ffi::Error LinearCuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer data
   if (force && std::strcmp(force, "tiled") == 0) tiled = true;
   tiled = tiled && p.x_vec;
   const int mt_idx = p.m <= 8 ? 0 : p.m <= 16 ? 1 : 2;
-  KernelFn gemm = tiled ? kernels.gemm_tiled : kernels.gemm[mt_idx];
+  const bool grouped = pr.group_blocks < pr.k_blocks;
+  KernelFn gemm = tiled ? kernels.gemm_tiled[grouped] : kernels.gemm[mt_idx];
+  const int threads = tiled ? kTileThreads : kThreads;
   const int64_t m_tiles = CeilDiv(p.m, tiled ? kTileTokens : 8 * kTokenTiles[mt_idx]);
-  const int64_t row_ctas = CeilDiv(pr.row_tiles, kWarpsPerCta);
+  const int64_t row_ctas = CeilDiv(pr.row_tiles, tiled ? kTileWarps : kWarpsPerCta);
   // Grid x: the warp kernel walks row tiles (one weight stream per warp); the tiled kernel walks
   // token tiles first, so CTAs sharing a weight block run side by side (L2 reuse).
   const int64_t gx = tiled ? m_tiles : row_ctas, gy = tiled ? row_ctas : m_tiles;
@@ -168,7 +170,7 @@ ffi::Error LinearCuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer data
     if (int64_t(pr.split_k) * p.batch > 65535) return BadArg("split_k * batch too large");
     split = pr.split_k;
   } else if (max_split > 1) {
-    const int64_t resident = int64_t(ResidentCtas(gemm)) * sms;
+    const int64_t resident = int64_t(ResidentCtas(gemm, threads)) * sms;
     const int64_t weight_bytes = int64_t(p.batch) * pr.row_tiles * pr.k_blocks * 128 * pr.bits;
     split = AutoSplit(gx * gy * p.batch, pr.k_blocks, resident, out_elems, weight_bytes,
                       max_split);
@@ -179,7 +181,7 @@ ffi::Error LinearCuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer data
   const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy),
                   static_cast<unsigned>(p.batch * split));
   void* args[] = {&p};
-  if (auto e = cudaLaunchKernel(reinterpret_cast<const void*>(gemm), grid, dim3(kThreads), args, 0,
+  if (auto e = cudaLaunchKernel(reinterpret_cast<const void*>(gemm), grid, dim3(threads), args, 0,
                                 stream);
       e != cudaSuccess)
     return CudaError(e, "GEMM kernel launch");

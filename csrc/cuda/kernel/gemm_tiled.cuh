@@ -1,13 +1,16 @@
-// The FPx GEMM for M > 16: a CTA is 4 warps x 16 weight rows = 64 rows by a 64-token tile.
+// The FPx GEMM for M > 16: a CTA is 8 warps x 16 weight rows = 128 rows by a 64-token tile.
 //
 // Why a second kernel: in the warp kernel (gemm.cuh) every warp loads its own activations
 // through L1 and dequantizes each weight block for at most 32 tokens, so at M = 64..1024 the
 // dequantization is repeated per token tile and activation traffic grows with every warp.
 // Here the CTA's 64 x 64 activation tile of each k-block is staged once in shared memory by
-// cp.async (a 3-stage ring, one barrier per k-block) and read by all four warps; each warp
+// cp.async (a 3-stage ring, one barrier per k-block) and read by all eight warps; each warp
 // dequantizes its 16 x 64 weight block once (register ring, as in gemm.cuh) and feeds 8 token
 // tiles = 32 MMAs. Token tiles run along gridDim.x (fastest), so the CTAs that share a weight
-// block run together and the repeats hit L2.
+// block run together and the repeats hit L2. Measured (H100, 70B MLP shapes, 2026-11-26): with
+// 4 warps (64 rows) per CTA the kernel was bound by L2->SM traffic at M >= 128 (every row group
+// re-reads the whole activation tile: 7.5 GB at M = 1024), hence 8 warps, and per-channel
+// kernels keep no separate group accumulators (fewer registers: 2 CTAs per SM).
 //
 // Shared-memory tile: row r (token) = 64 activations = 8 chunks of 16 B; chunk c is stored at
 // c ^ (r & 1). A lane (g, t) of token tile i reads chunks 2t and 2t+1 of row 8i + g (its B
@@ -41,8 +44,8 @@ __device__ __forceinline__ uint4 Lds16(uint32_t smem) {
 }
 
 // Requires x rows 16-byte aligned (p.x_vec): a 16-byte chunk is either inside K or past it.
-template <int E, int MB, bool F16, int D>
-__global__ void __launch_bounds__(kThreads, 3) FpxGemmTiledKernel(GemmParams p) {
+template <int E, int MB, bool F16, int D, bool GROUPED>
+__global__ void __launch_bounds__(kTileThreads, GROUPED ? 1 : 2) FpxGemmTiledKernel(GemmParams p) {
   constexpr int BITS = 1 + E + MB;
   constexpr int kBlockWords = kLanes * BITS;
   constexpr int MT = kTileMT;
@@ -51,7 +54,7 @@ __global__ void __launch_bounds__(kThreads, 3) FpxGemmTiledKernel(GemmParams p) 
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
-  const int64_t nt_raw = int64_t(blockIdx.y) * kWarpsPerCta + warp;
+  const int64_t nt_raw = int64_t(blockIdx.y) * kTileWarps + warp;
   // Warps past the last row tile still take part in the barriers; they stream (a clamped copy
   // of) the last tile and store nothing.
   const bool warp_on = nt_raw < p.row_tiles;
@@ -71,14 +74,14 @@ __global__ void __launch_bounds__(kThreads, 3) FpxGemmTiledKernel(GemmParams p) 
 #pragma unroll
   for (int i = 0; i < MT; ++i) tile_on[i] = tok0 + 8 * i < p.m;
 
-  // cp.async of k-block ib's activation tile: each thread copies 4 of the 512 chunks.
+  // cp.async of k-block ib's activation tile: each thread copies 2 of the 512 chunks.
   const uint32_t xs_base = static_cast<uint32_t>(__cvta_generic_to_shared(&xs[0][0]));
   auto stage_x = [&](int ib) {
     const uint32_t dst0 = xs_base + (ib % kXStages) * kXStageBytes;
     const int64_t kbase = (kb0 + ib) * kKBlock;
 #pragma unroll
-    for (int j = 0; j < kTileTokens * 8 / kThreads; ++j) {
-      const int c = threadIdx.x + j * kThreads;
+    for (int j = 0; j < kTileTokens * 8 / kTileThreads; ++j) {
+      const int c = threadIdx.x + j * kTileThreads;
       const int r = c >> 3, cc = c & 7;
       const int64_t tok = tok0 + r, kk = kbase + cc * 8;
       const bool in = tok < p.m && kk < p.k;  // zero-fill rows past M and the K tail
@@ -98,11 +101,19 @@ __global__ void __launch_bounds__(kThreads, 3) FpxGemmTiledKernel(GemmParams p) 
     }
   };
 
-  float acc[MT][4], tot[MT][4];
+  // Per channel, the scale is applied once at the end: acc doubles as the total.
+  float acc[MT][4], tot_g[GROUPED ? MT : 1][4];
+  float(&tot)[MT][4] = *reinterpret_cast<float(*)[MT][4]>(GROUPED ? &tot_g[0][0] : &acc[0][0]);
 #pragma unroll
   for (int i = 0; i < MT; ++i)
 #pragma unroll
-    for (int c = 0; c < 4; ++c) acc[i][c] = tot[i][c] = 0.0f;
+    for (int c = 0; c < 4; ++c) acc[i][c] = 0.0f;
+  if constexpr (GROUPED) {
+#pragma unroll
+    for (int i = 0; i < MT; ++i)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) tot_g[i][c] = 0.0f;
+  }
 
 #pragma unroll
   for (int st = 0; st < kXStages - 1; ++st) {
@@ -114,9 +125,8 @@ __global__ void __launch_bounds__(kThreads, 3) FpxGemmTiledKernel(GemmParams p) 
   for (int d = 0; d < D; ++d)
     if (d < nblocks) LoadBlock<BITS>(wp + d * kBlockWords, lane, ring[d]);
 
-  const bool grouped = p.group_blocks < p.k_blocks;
   int flush_rel = nblocks;
-  if (grouped) {
+  if (GROUPED) {
     const int64_t next = (kb0 / p.group_blocks + 1) * p.group_blocks - kb0;
     flush_rel = next < nblocks ? static_cast<int>(next) : nblocks;
   }
@@ -126,12 +136,16 @@ __global__ void __launch_bounds__(kThreads, 3) FpxGemmTiledKernel(GemmParams p) 
     const float s0 = __ldg(sc + grp) * p.fold, s1 = __ldg(sc + 8 * p.groups + grp) * p.fold;
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
-      tot[i][0] = fmaf(acc[i][0], s0, tot[i][0]);
-      tot[i][1] = fmaf(acc[i][1], s0, tot[i][1]);
-      tot[i][2] = fmaf(acc[i][2], s1, tot[i][2]);
-      tot[i][3] = fmaf(acc[i][3], s1, tot[i][3]);
+      if constexpr (GROUPED) {
+        tot_g[i][0] = fmaf(acc[i][0], s0, tot_g[i][0]);
+        tot_g[i][1] = fmaf(acc[i][1], s0, tot_g[i][1]);
+        tot_g[i][2] = fmaf(acc[i][2], s1, tot_g[i][2]);
+        tot_g[i][3] = fmaf(acc[i][3], s1, tot_g[i][3]);
 #pragma unroll
-      for (int c = 0; c < 4; ++c) acc[i][c] = 0.0f;
+        for (int c = 0; c < 4; ++c) acc[i][c] = 0.0f;
+      } else {
+        acc[i][0] *= s0; acc[i][1] *= s0; acc[i][2] *= s1; acc[i][3] *= s1;
+      }
     }
   };
 
@@ -161,7 +175,7 @@ __global__ void __launch_bounds__(kThreads, 3) FpxGemmTiledKernel(GemmParams p) 
       }
     }
     LoadBlockIf<BITS>(wnext + d * kBlockWords, lane, ib + D < nblocks, ring[d]);
-    if (grouped && ib + 1 == flush_rel) {
+    if (GROUPED && ib + 1 == flush_rel) {
       flush(ib);
       flush_rel = flush_rel + gb < nblocks ? flush_rel + gb : nblocks;
     }
@@ -176,7 +190,7 @@ __global__ void __launch_bounds__(kThreads, 3) FpxGemmTiledKernel(GemmParams p) 
     if (i0 + decltype(dc)::value < nblocks) block(dc, i0 + decltype(dc)::value, wnext);
   });
   CpAsyncWait<0>();  // no copy may still target shared memory when the CTA exits
-  if (!grouped) flush(nblocks - 1);
+  if (!GROUPED) flush(nblocks - 1);
   if (warp_on) StoreTiles<F16, MT>(p, tot, tile_on, b, s, tok0, nt * kRowTile + g, t);
 }
 

@@ -16,7 +16,8 @@ constexpr int kTokenTiles[kNumTokenTiles] = {1, 2, 4};
 
 struct FpxKernels {
   KernelFn gemm[kNumTokenTiles] = {};  // warp kernel (gemm.cuh), by token tiles
-  KernelFn gemm_tiled = nullptr;         // shared-memory tiled kernel (gemm_tiled.cuh), M > 16
+  KernelFn gemm_tiled[2] = {};           // shared-memory tiled kernel (gemm_tiled.cuh), M > 16:
+                                         // [0] per channel, [1] per group
   KernelFn reduce = nullptr;
   float fold = 1.0f;
 };
