@@ -24,7 +24,10 @@ namespace jax_fpx {
 namespace cuda {
 
 constexpr int kTileMT = kTileTokens / 8;   // 8-token MMA tiles per warp
-constexpr int kXStages = 3;                // cp.async ring depth (k-blocks)
+// cp.async ring depth (k-blocks). Measured (H100, 2026-11-26): with 3 stages the M = 64 tile
+// spent ~4500 cycles per k-block per warp waiting for its activations (a k-block's compute is
+// short, so 2 blocks of look-ahead did not cover the L2 latency); 5 stages = 40 KB static smem.
+constexpr int kXStages = 5;
 constexpr int kXRowBytes = kKBlock * 2;    // one token's 64 activations
 constexpr int kXStageBytes = kTileTokens * kXRowBytes;
 
@@ -36,11 +39,6 @@ __device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_
 template <int N>
 __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-__device__ __forceinline__ uint4 Lds16(uint32_t smem) {
-  uint4 r;
-  asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "r"(smem));
-  return r;
 }
 
 // Requires x rows 16-byte aligned (p.x_vec): a 16-byte chunk is either inside K or past it.
@@ -89,14 +87,15 @@ __global__ void __launch_bounds__(kTileThreads, GROUPED ? 1 : 2) FpxGemmTiledKer
       CpAsync16(dst0 + r * kXRowBytes + ((cc ^ (r & 1)) << 4), src, in ? 16 : 0);
     }
   };
-  // This lane's B fragments for k-steps (2h, 2h+1) of every token tile, from stage `st`.
-  const uint32_t lane_off = g * kXRowBytes;
+  // This lane's B fragments for k-steps (2h, 2h+1) of every token tile, from stage `st`
+  // (plain C++ shared loads: ordered by the barrier, free to be scheduled early otherwise).
+  const int lane_off = g * kXRowBytes;
   auto load_b = [&](int st, int h, uint32_t(&bf)[MT][4]) {
-    const uint32_t base = xs_base + st * kXStageBytes + lane_off + (((2 * t + h) ^ (g & 1)) << 4);
+    const uint8_t* base = &xs[st][0] + lane_off + (((2 * t + h) ^ (g & 1)) << 4);
 #pragma unroll
     for (int i = 0; i < MT; ++i) {
       if (!tile_on[i]) continue;
-      const uint4 v = Lds16(base + i * 8 * kXRowBytes);
+      const uint4 v = *reinterpret_cast<const uint4*>(base + i * 8 * kXRowBytes);
       bf[i][0] = v.x; bf[i][1] = v.y; bf[i][2] = v.z; bf[i][3] = v.w;
     }
   };
