@@ -9,13 +9,14 @@ from .formats import FPxFormat
 
 # Largest number of rows M (tokens) for which the CUDA kernel runs under impl="auto"; above it
 # jax_fpx.linear takes the large-M path (CUDA dequantize + XLA dot, jax_fpx.fallback).
-# Measured 2026-11-26 on an H100 80GB HBM3, jax 0.11.2, bf16, fp6_e3m2, final kernel
-# (benchmarks/KERNEL_NOTES.md, "threshold"), kernel vs fallback in us:
-#   8192x28672:  M=64 320 vs 453, M=96 454 vs 464, M=128 562 vs 455
-#   28672x8192:  M=64 280 vs 493, M=96 368 vs 507, M=128 532 vs 497
-#   8192x8192:   M=64  97 vs 157, M=96 119 vs 161, M=128 193 vs 154
-# The kernel wins up to 96 and loses from 128 on. (Both are slower than XLA's bf16 dot there.)
-GPU_KERNEL_MAX_M = 96
+# Measured 2026-11-26 on an H100 80GB HBM3, jax 0.11.2, bf16, fp6_e3m2, with the shared-memory
+# tiled kernel for M > 16 (benchmarks/results/gemm_h100_tiled_v7.json), kernel vs fallback, us:
+#   8192x28672:  M=128 324 vs 475, M=256 553 vs 497
+#   28672x8192:  M=128 296 vs 510, M=256 543 vs 516
+#   4096x14336:  M=128  91 vs 136, M=256 174 vs 150
+# Interpolated crossing at M ~ 210-225 on all three; 192 = three 64-token tiles. (Earlier warp-only
+# kernel: crossing at M ~ 96-128.) XLA's bf16 dot is faster than both from M ~ 128 on.
+GPU_KERNEL_MAX_M = 192
 
 # Largest M for which the CPU handler runs under impl="auto" (above it: dequantize + XLA's
 # multithreaded dot). Measured 2026-11-26 on the 2-core CI-type Xeon (AVX-512), jax 0.10.2:
