@@ -9,15 +9,18 @@ namespace cuda {
 
 using KernelFn = void (*)(GemmParams);
 
-// 8-token MMA tiles per warp. (An MT=8 variant ran 392-480 us at M=64 on the 70B MLP shapes vs
-// 168-201 us for MT=4 at M=32, i.e. no better than two MT=4 token tiles: dropped.)
-constexpr int kNumTokenTiles = 3;
-constexpr int kTokenTiles[kNumTokenTiles] = {1, 2, 4};
+// 8-token MMA tiles per warp of the warp kernel: 1 for M <= 8, 2 above (M > 16 normally runs the
+// tiled kernel; the warp kernel serves it only for rows that are not 16-byte aligned, K % 8 != 0,
+// with more token CTAs). (An MT=8 variant ran 392-480 us at M=64 on the 70B MLP shapes vs 168-201 us
+// for MT=4 at M=32; MT=4 was dropped with the tiled kernel, which is 1.6-1.8x faster at M=64.)
+constexpr int kNumTokenTiles = 2;
+constexpr int kTokenTiles[kNumTokenTiles] = {1, 2};
 
 struct FpxKernels {
   KernelFn gemm[kNumTokenTiles] = {};  // warp kernel (gemm.cuh), by token tiles
-  KernelFn gemm_tiled[2] = {};           // shared-memory tiled kernel (gemm_tiled.cuh), M > 16:
-                                         // [0] per channel, [1] per group
+  // Shared-memory tiled kernel (gemm_tiled.cuh), M > 16: [0] 64 tokens per channel, [1] 64
+  // tokens per group, [2] 128 tokens per channel.
+  KernelFn gemm_tiled[3] = {};
   KernelFn reduce = nullptr;
   float fold = 1.0f;
 };
