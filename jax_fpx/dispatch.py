@@ -14,8 +14,10 @@ from .formats import FPxFormat
 #   8192x28672:  M=128 324 vs 475, M=256 553 vs 497
 #   28672x8192:  M=128 296 vs 510, M=256 543 vs 516
 #   4096x14336:  M=128  91 vs 136, M=256 174 vs 150
-# Interpolated crossing at M ~ 210-225 on all three; 192 = three 64-token tiles. (Earlier warp-only
-# kernel: crossing at M ~ 96-128.) XLA's bf16 dot is faster than both from M ~ 128 on.
+# Interpolated crossing at M ~ 210-225 on all three; 192 = three 64-token tiles. Checked in a second
+# run (gemm_h100_tiled_v7d.json, same kernel): M=192 458 vs 478, 410 vs 512, 132 vs 141 (kernel wins);
+# M=256 516 vs 489, 510 vs 521, 163 vs 148. (Earlier warp-only kernel: crossing at M ~ 96-128.)
+# XLA's bf16 dot is faster than both from M ~ 128 on.
 GPU_KERNEL_MAX_M = 192
 
 # Largest M for which the CPU handler runs under impl="auto" (above it: dequantize + XLA's

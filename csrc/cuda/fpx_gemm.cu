@@ -21,9 +21,6 @@ namespace ffi = xla::ffi;
 namespace jax_fpx {
 namespace cuda {
 
-// Rows from which the per-channel tiled kernel uses 128-token CTAs (placeholder, see below).
-constexpr int64_t kTiled128MinM = 97;
-
 bool FindKernels(int ebits, int mbits, bool f16, FpxKernels* out) {
   if (ebits == 3 && mbits == 2) *out = KernelsE3M2(f16);
   else if (ebits == 2 && mbits == 3) *out = KernelsE2M3(f16);
@@ -140,25 +137,20 @@ ffi::Error LinearCuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer data
   p.x_vec = (pr.k % 8 == 0) && (reinterpret_cast<uintptr_t>(p.x) % 16 == 0);
   p.fold = kernels.fold;
 
-  // Kernel: the warp kernel up to 16 rows (decode), above it the shared-memory tiled kernel
-  // (needs 16-byte aligned activation rows) with 64-token CTAs, and 128-token CTAs (per channel)
-  // from kTiled128MinM rows on. JAX_FPX_GEMM_KERNEL=warp|tiled64|tiled128 forces one (benchmarks
-  // and tests; a tiled one only where its alignment holds, tiled128 only per channel).
+  // Kernel: the warp kernel up to 16 rows (decode), the shared-memory tiled kernel above
+  // (needs 16-byte aligned activation rows). JAX_FPX_GEMM_KERNEL=warp|tiled forces one (for
+  // benchmarks; the tiled one only where its alignment holds).
+  const char* force = std::getenv("JAX_FPX_GEMM_KERNEL");
+  bool tiled = p.m > 16;
+  if (force && std::strcmp(force, "warp") == 0) tiled = false;
+  if (force && std::strcmp(force, "tiled") == 0) tiled = true;
+  tiled = tiled && p.x_vec;
+  const int mt_idx = p.m <= 8 ? 0 : 1;  // M > 16 here only for unaligned rows
   const bool grouped = pr.group_blocks < pr.k_blocks;
-  int tile_mt = p.m <= 16 ? 0 : (!grouped && p.m >= kTiled128MinM) ? 16 : 8;
-  if (const char* force = std::getenv("JAX_FPX_GEMM_KERNEL")) {
-    if (std::strcmp(force, "warp") == 0) tile_mt = 0;
-    if (std::strcmp(force, "tiled64") == 0) tile_mt = 8;
-    if (std::strcmp(force, "tiled128") == 0) tile_mt = grouped ? 8 : 16;
-  }
-  if (!p.x_vec) tile_mt = 0;
-  const bool tiled = tile_mt > 0;
-  const int mt_idx = p.m <= 8 ? 0 : 1;
-  KernelFn gemm = !tiled ? kernels.gemm[mt_idx] : tile_mt == 16 ? kernels.gemm_tiled[2] : kernels.gemm_tiled[grouped];
-  const int warps = tiled ? TiledWarps(tile_mt) : kWarpsPerCta;
-  const int threads = 32 * warps;
-  const int64_t m_tiles = CeilDiv(p.m, 8 * (tiled ? tile_mt : kTokenTiles[mt_idx]));
-  const int64_t row_ctas = CeilDiv(pr.row_tiles, warps);
+  KernelFn gemm = tiled ? kernels.gemm_tiled[grouped] : kernels.gemm[mt_idx];
+  const int threads = tiled ? kTileThreads : kThreads;
+  const int64_t m_tiles = CeilDiv(p.m, tiled ? kTileTokens : 8 * kTokenTiles[mt_idx]);
+  const int64_t row_ctas = CeilDiv(pr.row_tiles, tiled ? kTileWarps : kWarpsPerCta);
   // Grid x: the warp kernel walks row tiles (one weight stream per warp); the tiled kernel walks
   // token tiles first, so CTAs sharing a weight block run side by side (L2 reuse).
   const int64_t gx = tiled ? m_tiles : row_ctas, gy = tiled ? row_ctas : m_tiles;

@@ -23,22 +23,13 @@
 namespace jax_fpx {
 namespace cuda {
 
+constexpr int kTileMT = kTileTokens / 8;   // 8-token MMA tiles per warp
 // cp.async ring depth (k-blocks). Measured (H100, 2026-11-26): with 3 stages the M = 64 tile
 // spent ~4500 cycles per k-block per warp waiting for its activations (a k-block's compute is
 // short, so 2 blocks of look-ahead did not cover the L2 latency); 5 stages = 40 KB static smem.
+constexpr int kXStages = 5;
 constexpr int kXRowBytes = kKBlock * 2;    // one token's 64 activations
-
-// Shape of one tiled-kernel variant: MT 8-token tiles per warp (8: 64 tokens, 8 warps = 128 rows
-// per CTA; 16: 128 tokens, 4 warps = 64 rows, per channel only -- for larger M each weight block
-// is dequantized half as often). Shared memory: kStages x tokens x 128 B (40 KB / 48 KB, static).
-template <int MT>
-struct TiledShape {
-  static constexpr int kWarps = TiledWarps(MT);
-  static constexpr int kThreads = kWarps * 32;
-  static constexpr int kTokens = 8 * MT;
-  static constexpr int kStages = MT == 8 ? 5 : 3;
-  static constexpr int kStageBytes = kTokens * kXRowBytes;
-};
+constexpr int kXStageBytes = kTileTokens * kXRowBytes;
 
 __device__ __forceinline__ void CpAsync16(uint32_t smem, const void* gmem, int src_bytes) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem), "l"(gmem), "r"(src_bytes)
@@ -50,31 +41,18 @@ __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
-// A fragment of MMA k-step j (quads 2j, 2j+1) of a lane's 16x64 block (j known after unrolling).
-template <int E, int MB, bool F16>
-__device__ __forceinline__ void DequantStep(const uint32_t (&w)[1 + E + MB], int j, uint32_t (&a)[4]) {
-  using DQ = Dequant<E, MB, F16>;
-  constexpr int B = 1 + E + MB;
-  if (j == 0) { DQ::Pair(Quad<B, 0>(w), a[0], a[1]); DQ::Pair(Quad<B, 1>(w), a[2], a[3]); }
-  if (j == 1) { DQ::Pair(Quad<B, 2>(w), a[0], a[1]); DQ::Pair(Quad<B, 3>(w), a[2], a[3]); }
-  if (j == 2) { DQ::Pair(Quad<B, 4>(w), a[0], a[1]); DQ::Pair(Quad<B, 5>(w), a[2], a[3]); }
-  if (j == 3) { DQ::Pair(Quad<B, 6>(w), a[0], a[1]); DQ::Pair(Quad<B, 7>(w), a[2], a[3]); }
-}
-
 // Requires x rows 16-byte aligned (p.x_vec): a 16-byte chunk is either inside K or past it.
-template <int E, int MB, bool F16, int D, bool GROUPED, int MT>
-__global__ void __launch_bounds__(TiledShape<MT>::kThreads, GROUPED ? 1 : (MT == 8 ? 2 : 3))
-    FpxGemmTiledKernel(GemmParams p) {
-  static_assert(MT == 8 || (MT == 16 && !GROUPED), "tiled variants: MT 8, or MT 16 per channel");
-  using Shape = TiledShape<MT>;
-  constexpr int kXStages = Shape::kStages, kXStageBytes = Shape::kStageBytes;
+template <int E, int MB, bool F16, int D, bool GROUPED>
+__global__ void __launch_bounds__(kTileThreads, GROUPED ? 1 : 2) FpxGemmTiledKernel(GemmParams p) {
   constexpr int BITS = 1 + E + MB;
   constexpr int kBlockWords = kLanes * BITS;
+  constexpr int MT = kTileMT;
+  using DQ = Dequant<E, MB, F16>;
   __shared__ __align__(128) uint8_t xs[kXStages][kXStageBytes];
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, t = lane & 3;
-  const int64_t nt_raw = int64_t(blockIdx.y) * Shape::kWarps + warp;
+  const int64_t nt_raw = int64_t(blockIdx.y) * kTileWarps + warp;
   // Warps past the last row tile still take part in the barriers; they stream (a clamped copy
   // of) the last tile and store nothing.
   const bool warp_on = nt_raw < p.row_tiles;
@@ -83,7 +61,7 @@ __global__ void __launch_bounds__(TiledShape<MT>::kThreads, GROUPED ? 1 : (MT ==
   const int b = zb / p.split, s = zb - b * p.split;
   const int64_t kb0 = s * p.k_blocks / p.split, kb1 = (s + 1) * p.k_blocks / p.split;
   const int nblocks = static_cast<int>(kb1 - kb0);
-  const int64_t tok0 = int64_t(blockIdx.x) * Shape::kTokens;
+  const int64_t tok0 = int64_t(blockIdx.x) * kTileTokens;
 
   const uint32_t* wp =
       p.data + (((p.w_batched ? int64_t(b) : 0) * p.row_tiles + nt) * p.k_blocks + kb0) * kBlockWords;
@@ -94,14 +72,14 @@ __global__ void __launch_bounds__(TiledShape<MT>::kThreads, GROUPED ? 1 : (MT ==
 #pragma unroll
   for (int i = 0; i < MT; ++i) tile_on[i] = tok0 + 8 * i < p.m;
 
-  // cp.async of k-block ib's activation tile (tokens x 8 chunks of 16 B over the CTA's threads).
+  // cp.async of k-block ib's activation tile: each thread copies 2 of the 512 chunks.
   const uint32_t xs_base = static_cast<uint32_t>(__cvta_generic_to_shared(&xs[0][0]));
   auto stage_x = [&](int ib) {
     const uint32_t dst0 = xs_base + (ib % kXStages) * kXStageBytes;
     const int64_t kbase = (kb0 + ib) * kKBlock;
 #pragma unroll
-    for (int j = 0; j < Shape::kTokens * 8 / Shape::kThreads; ++j) {
-      const int c = threadIdx.x + j * Shape::kThreads;
+    for (int j = 0; j < kTileTokens * 8 / kTileThreads; ++j) {
+      const int c = threadIdx.x + j * kTileThreads;
       const int r = c >> 3, cc = c & 7;
       const int64_t tok = tok0 + r, kk = kbase + cc * 8;
       const bool in = tok < p.m && kk < p.k;  // zero-fill rows past M and the K tail
@@ -178,39 +156,21 @@ __global__ void __launch_bounds__(TiledShape<MT>::kThreads, GROUPED ? 1 : (MT ==
     CpAsyncCommit();  // (possibly empty: keeps the group count uniform)
 
     const int st = ib % kXStages;
-    if constexpr (MT == 8) {
-      // B fragments for two k-steps at a time: one conflict-free LDS.128 per token tile.
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        uint32_t bf[MT][4];
-        load_b(st, h, bf);
+    for (int h = 0; h < 2; ++h) {
+      uint32_t bf[MT][4];
+      load_b(st, h, bf);
 #pragma unroll
-        for (int jj = 0; jj < 2; ++jj) {
-          uint32_t a[4];
-          DequantStep<E, MB, F16>(ring[d], 2 * h + jj, a);
-#pragma unroll
-          for (int i = 0; i < MT; ++i)
-            if (tile_on[i]) Mma16816<F16>(acc[i], a, bf[i][2 * jj], bf[i][2 * jj + 1]);
-        }
-      }
-    } else {
-      // 16 token tiles: B fragments one k-step at a time (LDS.64, 2-way bank conflict, the same
-      // bytes per wavefront as the LDS.128 path) to keep the registers for the accumulators.
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const uint8_t* base = &xs[st][0] + lane_off + (((2 * t + (j >> 1)) ^ (g & 1)) << 4) + ((j & 1) << 3);
-        uint32_t bf[MT][2];
-#pragma unroll
-        for (int i = 0; i < MT; ++i) {
-          if (!tile_on[i]) continue;
-          const uint2 v = *reinterpret_cast<const uint2*>(base + i * 8 * kXRowBytes);
-          bf[i][0] = v.x; bf[i][1] = v.y;
-        }
+      for (int jj = 0; jj < 2; ++jj) {
+        const int j = 2 * h + jj;  // k-step: quads 2j, 2j+1
         uint32_t a[4];
-        DequantStep<E, MB, F16>(ring[d], j, a);
+        if (j == 0) { DQ::Pair(Quad<BITS, 0>(ring[d]), a[0], a[1]); DQ::Pair(Quad<BITS, 1>(ring[d]), a[2], a[3]); }
+        if (j == 1) { DQ::Pair(Quad<BITS, 2>(ring[d]), a[0], a[1]); DQ::Pair(Quad<BITS, 3>(ring[d]), a[2], a[3]); }
+        if (j == 2) { DQ::Pair(Quad<BITS, 4>(ring[d]), a[0], a[1]); DQ::Pair(Quad<BITS, 5>(ring[d]), a[2], a[3]); }
+        if (j == 3) { DQ::Pair(Quad<BITS, 6>(ring[d]), a[0], a[1]); DQ::Pair(Quad<BITS, 7>(ring[d]), a[2], a[3]); }
 #pragma unroll
         for (int i = 0; i < MT; ++i)
-          if (tile_on[i]) Mma16816<F16>(acc[i], a, bf[i][0], bf[i][1]);
+          if (tile_on[i]) Mma16816<F16>(acc[i], a, bf[i][2 * jj], bf[i][2 * jj + 1]);
       }
     }
     LoadBlockIf<BITS>(wnext + d * kBlockWords, lane, ib + D < nblocks, ring[d]);

@@ -21,9 +21,8 @@ FpxKernels MakeKernels() {
   FpxKernels k;
   k.gemm[0] = FpxGemmKernel<E, MB, F16, 1, D>;
   k.gemm[1] = FpxGemmKernel<E, MB, F16, 2, D>;
-  k.gemm_tiled[0] = FpxGemmTiledKernel<E, MB, F16, D, false, 8>;
-  k.gemm_tiled[1] = FpxGemmTiledKernel<E, MB, F16, D, true, 8>;
-  k.gemm_tiled[2] = FpxGemmTiledKernel<E, MB, F16, 4, false, 16>;  // 4 blocks ahead: long compute per block
+  k.gemm_tiled[0] = FpxGemmTiledKernel<E, MB, F16, D, false>;
+  k.gemm_tiled[1] = FpxGemmTiledKernel<E, MB, F16, D, true>;
   k.reduce = SplitKReduceKernel<F16>;
   k.fold = Dequant<E, MB, F16>::FoldFactor();
   return k;

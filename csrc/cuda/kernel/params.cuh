@@ -11,8 +11,10 @@ namespace cuda {
 
 constexpr int kWarpsPerCta = 4;  // each warp owns one 16-row tile
 constexpr int kThreads = kWarpsPerCta * 32;
-// The tiled kernel (gemm_tiled.cuh): a CTA is TiledWarps(MT) x 16 rows by 8 MT tokens.
-constexpr int TiledWarps(int mt) { return mt == 8 ? 8 : 4; }
+// The tiled kernel (gemm_tiled.cuh): a CTA is kTileWarps x 16 rows by kTileTokens tokens.
+constexpr int kTileTokens = 64;
+constexpr int kTileWarps = 8;
+constexpr int kTileThreads = kTileWarps * 32;
 
 struct GemmParams {
   const uint16_t* x;       // [batch_x][m][k] (batch folded into m when the weight is shared)

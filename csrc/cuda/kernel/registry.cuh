@@ -18,9 +18,8 @@ constexpr int kTokenTiles[kNumTokenTiles] = {1, 2};
 
 struct FpxKernels {
   KernelFn gemm[kNumTokenTiles] = {};  // warp kernel (gemm.cuh), by token tiles
-  // Shared-memory tiled kernel (gemm_tiled.cuh), M > 16: [0] 64 tokens per channel, [1] 64
-  // tokens per group, [2] 128 tokens per channel.
-  KernelFn gemm_tiled[3] = {};
+  KernelFn gemm_tiled[2] = {};           // shared-memory tiled kernel (gemm_tiled.cuh), M > 16:
+                                         // [0] per channel, [1] per group
   KernelFn reduce = nullptr;
   float fold = 1.0f;
 };
