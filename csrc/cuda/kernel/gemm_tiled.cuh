@@ -4,13 +4,13 @@
 // through L1 and dequantizes each weight block for at most 32 tokens, so at M = 64..1024 the
 // dequantization is repeated per token tile and activation traffic grows with every warp.
 // Here the CTA's 64 x 64 activation tile of each k-block is staged once in shared memory by
-// cp.async (a 3-stage ring, one barrier per k-block) and read by all eight warps; each warp
+// cp.async (a kXStages ring, one barrier per k-block) and read by all eight warps; each warp
 // dequantizes its 16 x 64 weight block once (register ring, as in gemm.cuh) and feeds 8 token
 // tiles = 32 MMAs. Token tiles run along gridDim.x (fastest), so the CTAs that share a weight
-// block run together and the repeats hit L2. Measured (H100, 70B MLP shapes, 2026-11-26): with
-// 4 warps (64 rows) per CTA the kernel was bound by L2->SM traffic at M >= 128 (every row group
-// re-reads the whole activation tile: 7.5 GB at M = 1024), hence 8 warps, and per-channel
-// kernels keep no separate group accumulators (fewer registers: 2 CTAs per SM).
+// block run together and the repeats hit L2. Measured (H100, 70B MLP shapes, 2026-11-26; see
+// benchmarks/KERNEL_NOTES.md section 7): 8 warps (128 rows) per CTA halve the activation re-reads
+// of 4 warps (7.5 GB of L2->SM traffic at M = 1024) and ran 10-15% faster; per-channel kernels keep
+// no separate group accumulators (128 registers: 2 CTAs per SM). 128-token CTAs ran 1.4-1.7x slower.
 //
 // Shared-memory tile: row r (token) = 64 activations = 8 chunks of 16 B; chunk c is stored at
 // c ^ (r & 1). A lane (g, t) of token tile i reads chunks 2t and 2t+1 of row 8i + g (its B
@@ -24,9 +24,9 @@ namespace jax_fpx {
 namespace cuda {
 
 constexpr int kTileMT = kTileTokens / 8;   // 8-token MMA tiles per warp
-// cp.async ring depth (k-blocks). Measured (H100, 2026-11-26): with 3 stages the M = 64 tile
-// spent ~4500 cycles per k-block per warp waiting for its activations (a k-block's compute is
-// short, so 2 blocks of look-ahead did not cover the L2 latency); 5 stages = 40 KB static smem.
+// cp.async ring depth (k-blocks): 4 blocks of look-ahead, 40 KB static smem. (Chosen because a
+// k-block's compute is short at M = 64, so 2 blocks of look-ahead may not cover the L2 latency;
+// measured on the H100 against 3 stages: within run-to-run noise, -5% .. +5%.)
 constexpr int kXStages = 5;
 constexpr int kXRowBytes = kKBlock * 2;    // one token's 64 activations
 constexpr int kXStageBytes = kTileTokens * kXRowBytes;
