@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     p.add_argument("--m", type=int, nargs="*", default=[1, 16, 64])
     p.add_argument("--fmt", default="fp6_e3m2")
     p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--stream-bytes", type=int, default=None, help="weight bytes per timed call (default: jax_fpx.bench's 2 GiB)")
     p.add_argument("--out", default=None, help="write the rows as a JSON list here")
     a = p.parse_args(argv)
 
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
         k, n = (int(v) for v in shape.lower().split("x"))
         for method in ("xla_bf16", a.fmt):
             per = B._bytes_estimate(method, k, n)
-            count = int(min(B._MAX_WEIGHTS, max(2, math.ceil(B._STREAM_BYTES / per))))
+            count = int(min(B._MAX_WEIGHTS, max(2, math.ceil((a.stream_bytes or B._STREAM_BYTES) / per))))
             key, wk = jax.random.split(key)
             ws, nbytes, apply = B._make_weights(method, k, n, count, wk)
             fn = jax.jit(lambda x, ws, apply=apply: [apply(x, w) for w in ws])

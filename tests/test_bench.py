@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from jax_fpx import bench
 
@@ -23,3 +27,23 @@ def test_bench_cli_writes_json(tmp_path):
                        "--out", str(tmp_path), "--tag", "t"]) == 0
     rows = json.loads((tmp_path / "t.json").read_text())
     assert rows and rows[0]["M"] == 1
+
+
+def test_tp_gemm_bench_on_two_fake_cpu_devices(tmp_path):
+    """benchmarks/tp_gemm_bench.py (issue 9's sharded GEMM benchmark) runs and its sharded FP6 and
+    bf16 results match the one-device ones."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "tp_gemm_bench.py"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    out = tmp_path / "tp.json"
+    subprocess.run([sys.executable, str(script), "--shapes", "256x512", "--m", "2", "--reps", "1",
+                    "--stream-bytes", str(1 << 16), "--out", str(out)], env=env, check=True, capture_output=True,
+                   timeout=300)
+    rows = json.loads(out.read_text())
+    assert {(r["mode"], r["method"], r["devices"]) for r in rows} == {
+        (mode, meth, d) for mode in ("column", "row") for meth in ("xla_bf16", "fp6_e3m2") for d in (1, 2)}
+    for r in rows:
+        assert r["us"] > 0 and r["ratio_vs_xla_bf16_same_sharding"] > 0
+        # column parallel: same K reduction per output column -> identical; row parallel: partial sums
+        # add in another order (|y| is O(1..10) here, a wrong shard would be off by that much)
+        limit = 0.0 if r["mode"] == "column" else 0.25
+        assert r["max_abs_diff_vs_one_device"] <= limit, r
