@@ -97,7 +97,7 @@ __device__ __forceinline__ void StoreTiles(const GemmParams& p, const float (&to
 // ran 112 us vs 94 us at 5 CTAs / 96 registers.)
 template <int MT, int BITS>
 constexpr int MinCtasPerSm() {
-  return MT == 1 ? 5 : MT == 2 ? 4 : MT == 4 ? 3 : 2;
+  return MT == 1 ? 5 : 4;
 }
 
 template <int E, int MB, bool F16, int MT, int D>
@@ -154,15 +154,14 @@ __global__ void __launch_bounds__(kThreads, MinCtasPerSm<MT, 1 + E + MB>()) FpxG
       else LoadActSlow(xp[i] + ib * kKBlock, kleft0 - int64_t(ib) * kKBlock, dst[i]);
     }
   };
-  // Small token tiles: activations come two blocks ahead in two register slots (their L1/L2
-  // latency hides behind the dequantization); slot = block parity (D is even).
+  // Activations come two blocks ahead in two register slots (their L1/L2 latency hides behind
+  // the dequantization); slot = block parity (D is even). (Larger token tiles are the tiled
+  // kernel's job: gemm_tiled.cuh.)
   static_assert(D % 2 == 0, "ring depth must be even");
-  constexpr bool kPrefetchX = MT <= 2;
-  uint32_t xs[kPrefetchX ? 2 : 1][MT][8];
-  if constexpr (kPrefetchX) {
-    if (nblocks > 0) load_x(0, xs[0]);
-    if (nblocks > 1) load_x(1, xs[1]);
-  }
+  static_assert(MT <= 2, "the warp kernel holds at most two 8-token tiles");
+  uint32_t xs[2][MT][8];
+  if (nblocks > 0) load_x(0, xs[0]);
+  if (nblocks > 1) load_x(1, xs[1]);
 
   // Weight ring: block i0 + d sits in ring[d]; it is consumed first, then refilled with block
   // i0 + d + D (no register copies).
@@ -196,8 +195,7 @@ __global__ void __launch_bounds__(kThreads, MinCtasPerSm<MT, 1 + E + MB>()) FpxG
   // One block: ring slot d holds block ib; consume it, then refill it with block ib + D.
   auto block = [&](auto dconst, int ib, const uint32_t* wnext) {
     constexpr int d = decltype(dconst)::value;
-    uint32_t(&xr)[MT][8] = xs[kPrefetchX ? (d & 1) : 0];
-    if constexpr (!kPrefetchX) load_x(ib, xr);
+    uint32_t(&xr)[MT][8] = xs[d & 1];
 
     Step<E, MB, F16, MT, 0>(ring[d], xr, acc, tile_on);
     Step<E, MB, F16, MT, 1>(ring[d], xr, acc, tile_on);
@@ -205,9 +203,7 @@ __global__ void __launch_bounds__(kThreads, MinCtasPerSm<MT, 1 + E + MB>()) FpxG
     Step<E, MB, F16, MT, 3>(ring[d], xr, acc, tile_on);
 
     LoadBlockIf<BITS>(wnext + d * kBlockWords, lane, ib + D < nblocks, ring[d]);
-    if constexpr (kPrefetchX) {
-      if (ib + 2 < nblocks) load_x(ib + 2, xr);
-    }
+    if (ib + 2 < nblocks) load_x(ib + 2, xr);
     if (grouped && ib + 1 == flush_rel) {  // end of a scale group (or of this split's K range)
       flush(ib);
       flush_rel = flush_rel + gb < nblocks ? flush_rel + gb : nblocks;

@@ -102,7 +102,6 @@ __global__ void __launch_bounds__(kTileThreads, GROUPED ? 1 : 2) FpxGemmTiledKer
 
   // Per channel, the scale is applied once at the end: acc doubles as the total.
   float acc[MT][4], tot_g[GROUPED ? MT : 1][4];
-  float(&tot)[MT][4] = *reinterpret_cast<float(*)[MT][4]>(GROUPED ? &tot_g[0][0] : &acc[0][0]);
 #pragma unroll
   for (int i = 0; i < MT; ++i)
 #pragma unroll
@@ -190,7 +189,10 @@ __global__ void __launch_bounds__(kTileThreads, GROUPED ? 1 : 2) FpxGemmTiledKer
   });
   CpAsyncWait<0>();  // no copy may still target shared memory when the CTA exits
   if (!GROUPED) flush(nblocks - 1);
-  if (warp_on) StoreTiles<F16, MT>(p, tot, tile_on, b, s, tok0, nt * kRowTile + g, t);
+  if (warp_on) {
+    if constexpr (GROUPED) StoreTiles<F16, MT>(p, tot_g, tile_on, b, s, tok0, nt * kRowTile + g, t);
+    else StoreTiles<F16, MT>(p, acc, tile_on, b, s, tok0, nt * kRowTile + g, t);
+  }
 }
 
 }  // namespace cuda
