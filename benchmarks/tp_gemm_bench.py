@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 
 
@@ -53,8 +52,7 @@ def main(argv=None) -> int:
     for shape in a.shapes:
         k, n = (int(v) for v in shape.lower().split("x"))
         for method in ("xla_bf16", a.fmt):
-            per = B._bytes_estimate(method, k, n)
-            count = int(min(B._MAX_WEIGHTS, max(2, math.ceil((a.stream_bytes or B._STREAM_BYTES) / per))))
+            count = B._weight_count(method, k, n, a.stream_bytes or B._STREAM_BYTES)
             key, wk = jax.random.split(key)
             ws, nbytes, apply = B._make_weights(method, k, n, count, wk)
             fn = jax.jit(lambda x, ws, apply=apply: [apply(x, w) for w in ws])

@@ -135,8 +135,7 @@ def run_gemm_bench(
         sname = shape.get("name", f"{k}x{n}")
         for method in methods:
             key, wk = jax.random.split(key)
-            per_bytes = _bytes_estimate(method, k, n)
-            count = int(min(max_weights, max(2, math.ceil(stream_bytes / max(per_bytes, 1)))))
+            count = _weight_count(method, k, n, stream_bytes, max_weights)
             ws, nbytes, apply = _make_weights(method, k, n, count, wk)
 
             def many(x, ws, apply=apply):
@@ -162,6 +161,12 @@ def run_gemm_bench(
                     log(f"{sname:>20} M={r['M']:5d} {r['method']:>18} {r['us']:10.1f} us "
                         f"x{r['ratio_vs_xla_bf16']:.2f} {r['weight_GBps']:8.0f} GB/s")
     return rows
+
+
+def _weight_count(method: str, k: int, n: int, stream_bytes: int = _STREAM_BYTES,
+                  max_weights: int = _MAX_WEIGHTS) -> int:
+    """Distinct weights per timed call: about ``stream_bytes`` of them (>= 2, <= ``max_weights``)."""
+    return int(min(max_weights, max(2, math.ceil(stream_bytes / max(_bytes_estimate(method, k, n), 1)))))
 
 
 def _bytes_estimate(method: str, k: int, n: int) -> int:
