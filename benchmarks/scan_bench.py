@@ -137,10 +137,10 @@ def weights_copied(text: str) -> bool:
 
 # --- benchmark -------------------------------------------------------------------------------
 def _time(fn, args, iters: int) -> float:
-    """Median microseconds of ``fn(*args)`` after 3 warm-up calls (jax_fpx.bench's timer)."""
-    from jax_fpx.bench import _time_call
+    """Median microseconds of ``fn(*args)`` after 3 warm-up calls (jax_fpx.cli.timing's timer)."""
+    from jax_fpx.cli.timing import median_seconds
 
-    return _time_call(fn, args, warmup=3, reps=iters) * 1e6
+    return median_seconds(fn, *args, warmup=3, reps=iters) * 1e6
 
 
 def _mlp_fns(layer):

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("--m", type=int, nargs="*", default=[1, 16, 64])
     p.add_argument("--fmt", default="fp6_e3m2")
     p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--stream-bytes", type=int, default=None, help="weight bytes per timed call (default: jax_fpx.bench's 2 GiB)")
+    p.add_argument("--stream-bytes", type=int, default=None, help="weight bytes per timed call (default: jax_fpx.cli.bench's 2 GiB)")
     p.add_argument("--out", default=None, help="write the rows as a JSON list here")
     a = p.parse_args(argv)
 
@@ -38,7 +38,8 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
     from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-    from jax_fpx import bench as B
+    from jax_fpx.cli import bench as B
+    from jax_fpx.cli.timing import median_seconds
     from jax_fpx import sharding as S
 
     n_dev = jax.device_count()
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
                     y2 = fn(x_tp, tp_ws)[0]
                     err = float(jnp.max(jnp.abs(jnp.asarray(y2, jnp.float32) - y1.astype(jnp.float32))))
                     for devices, args in ((1, (x, ws)), (n_dev, (x_tp, tp_ws))):
-                        t = B._time_call(fn, args, 3, a.reps) / count
+                        t = median_seconds(fn, *args, warmup=3, reps=a.reps) / count
                         rows.append(dict(shape=shape, K=k, N=n, M=m, mode=mode, method=method, devices=devices,
                                          us=t * 1e6, weight_GBps=nbytes / t / 1e9,
                                          max_abs_diff_vs_one_device=err if devices > 1 else 0.0,

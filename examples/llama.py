@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jax_fpx
-from jax_fpx.flax.models import llama as L
+from jax_fpx.models import llama as L
 
 
 def _mem(dev) -> dict:

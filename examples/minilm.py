@@ -4,7 +4,7 @@
     python examples/minilm.py                       # all formats, per-channel and group 64
     python examples/minilm.py --formats fp6_e3m2 --methods rtn,aware --json out.json
 
-The model is a small Flax linen BERT (jax_fpx/flax/models/bert.py) with plain nn.Dense layers;
+The model is a small Flax linen BERT (jax_fpx/models/bert.py) with plain nn.Dense layers;
 its encoder Dense kernels (384x384, 384x1536, 1536x384) are quantized by
 jax_fpx.flax.quantize_params and run through jax_fpx.flax.fpx_dense_interceptor.
 
@@ -24,7 +24,7 @@ import time
 import jax
 import numpy as np
 
-from jax_fpx.flax.models import bert
+from jax_fpx.models import bert
 
 FORMATS = ["fp6_e3m2", "fp6_e2m3", "fp5_e2m2", "fp4_e2m1"]
 

@@ -30,9 +30,12 @@ __all__ = [
 ]
 
 
+_LAZY = {"flax": "flax", "models": "models", "cli": "cli", "bench": "cli.bench"}  # jax_fpx.bench: moved to cli
+
+
 def __getattr__(name):  # lazy subpackages: importing jax_fpx must not import flax
-    if name in ("flax", "bench"):
+    if name in _LAZY:
         import importlib
 
-        return importlib.import_module(f"{__name__}.{name}")
+        return importlib.import_module(f"{__name__}.{_LAZY[name]}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

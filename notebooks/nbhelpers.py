@@ -1,6 +1,6 @@
 """Small helpers shared by the benchmark notebooks (paths, result files, tables, figures).
 
-The measurements themselves come from the package (``jax_fpx.bench``, ``jax_fpx.flax.models``)
+The measurements themselves come from the package (``jax_fpx.cli.bench``, ``jax_fpx.models``)
 and the examples (``examples/llama.py``, ``examples/minilm.py``); this module only does the
 bookkeeping a notebook needs around them.
 
@@ -17,7 +17,6 @@ import html
 import importlib.util
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -210,17 +209,13 @@ def measure_read_bandwidth(nbytes: int, reps: int = 10) -> float:
     import jax
     import jax.numpy as jnp
 
+    from jax_fpx.cli.timing import median_seconds
+
     x = jnp.ones((max(nbytes // 4, 1024),), jnp.uint32)
     f = jax.jit(lambda a: jnp.sum(a, dtype=jnp.uint32))
-    for _ in range(3):
-        f(x).block_until_ready()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(x).block_until_ready()
-        ts.append(time.perf_counter() - t)
+    t = median_seconds(f, x, warmup=3, reps=reps)
     del x
-    return nbytes / statistics.median(ts) / 1e9
+    return nbytes / t / 1e9
 
 
 # --- accuracy notebook ------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jax_fpx import bench
+from jax_fpx.cli import bench
 
 
 def test_run_gemm_bench_smoke():

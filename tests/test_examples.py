@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_fpx.flax.models import bert
-from jax_fpx.flax.models import llama as L
+from jax_fpx.models import bert
+from jax_fpx.models import llama as L
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +99,7 @@ def test_minilm_fidelity_thresholds(minilm, fmt, group_size):
 
 
 def test_demo_main_runs(capsys):
-    from jax_fpx.demo import main
+    from jax_fpx.cli.demo import main
 
     assert main(["--model", "llama", "--fmt", "fp6_e2m3"]) == 0
     out = capsys.readouterr().out

@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import AxisType
     from jax_fpx import FPxWeight
-    from jax_fpx.flax.models import llama as L
+    from jax_fpx.models import llama as L
 
     cfg = L.CONFIGS["small"]
     params = L.init_params(cfg, seed=1, fmt="fp6_e3m2")

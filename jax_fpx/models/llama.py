@@ -21,10 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ...formats import FormatLike
-from ...sharding import check_shardable, weight_sharding
-from ...weight import FPxWeight
-from ..convert import fpx_dense_interceptor, quantize_params
+from ..formats import FormatLike
+from ..sharding import check_shardable, weight_sharding
+from ..weight import FPxWeight
+from ..flax.convert import fpx_dense_interceptor, quantize_params
 
 __all__ = ["LlamaConfig", "Llama", "CONFIGS", "init_cache", "init_params", "prefill", "decode", "generate", "weight_bytes", "is_quantized",
            "shard_params", "shard_cache", "tp_sharding"]

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..convert import fpx_dense_interceptor
+from ..flax.convert import fpx_dense_interceptor
 
 __all__ = [
     "BertConfig", "BertEncoder", "minilm_dir", "load_bert", "tokenize", "encode", "calibrate", "fidelity",
@@ -241,7 +241,7 @@ CALIBRATION = [
 
 def calibrate(model: BertEncoder, params, tok, sentences: Sequence[str] = CALIBRATION) -> dict:
     """Mean squared input per feature of every Dense layer on calibration sentences (eager run)."""
-    from ..convert import dense_input_stats
+    from ..flax.convert import dense_input_stats
 
     ids, mask, types = tokenize(tok, sentences)
     with dense_input_stats(token_weights=mask) as stats:
@@ -257,8 +257,8 @@ def fidelity(model, params, tok, fmt, group_size=None, *, method="rtn", stats=No
     MSE) or ``"aware"`` (scale search weighted by calibration activation statistics ``stats``).
     Returns ``(mean_cosine, min_cosine)``.
     """
-    from ...quantize import ScaleSearch
-    from ..convert import quantize_params
+    from ..quantize import ScaleSearch
+    from ..flax.convert import quantize_params
 
     ids, mask, types = tokenize(tok, sentences)
     if ref is None:

@@ -1,6 +1,6 @@
 """GEMM benchmark: FPx weight-only ``jax_fpx.linear`` vs XLA's bf16 ``jnp.dot`` (same process).
 
-``python -m jax_fpx bench [--shapes benchmarks/shapes.json] [--smoke] [--methods ...] [--out DIR]``
+``python -m jax_fpx bench [--shapes FILE.json] [--smoke] [--methods ...] [--out DIR]``
 
 Each timed call applies the op to many *distinct* weight matrices (so weights stream from HBM,
 not from L2), takes the median of ``reps`` runs after ``warmup`` runs and reports per-matrix
@@ -19,14 +19,14 @@ import argparse
 import json
 import math
 import os
-import statistics
-import time
-from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from . import shapes as _shapes
+from .timing import median_seconds
 
 __all__ = ["run_gemm_bench", "load_shapes", "plot_results", "main", "DEFAULT_METHODS"]
 
@@ -36,12 +36,15 @@ _MAX_WEIGHTS = 64
 
 
 def load_shapes(path: Optional[str] = None, smoke: bool = False) -> tuple[list[dict], list[int]]:
-    """(shapes, batches) from a shapes.json (default: the repo's benchmarks/shapes.json)."""
+    """(shapes, batches): from a shapes.json file if ``path`` is given (``{"shapes": [...], "batches":
+    [...]}``, optionally a ``cpu_smoke`` entry of the same form), else :mod:`jax_fpx.cli.shapes`."""
     if path is None:
-        path = str(Path(__file__).resolve().parent.parent / "benchmarks" / "shapes.json")
+        if smoke:
+            return list(_shapes.SMOKE_SHAPES), list(_shapes.SMOKE_BATCHES)
+        return list(_shapes.SHAPES), list(_shapes.BATCHES)
     with open(path) as f:
         spec = json.load(f)
-    if smoke:
+    if smoke and "cpu_smoke" in spec:
         spec = spec["cpu_smoke"]
     return list(spec["shapes"]), list(spec["batches"])
 
@@ -53,10 +56,10 @@ def _device_name() -> str:
 
 def _make_weights(method: str, k: int, n: int, count: int, key) -> tuple[list, int, callable]:
     """Returns (weights, bytes per weight, apply(x, w) -> y)."""
-    from . import linear
-    from .formats import get_format
-    from .layout import data_shape, scale_shape
-    from .weight import FPxWeight
+    from .. import linear
+    from ..formats import get_format
+    from ..layout import data_shape, scale_shape
+    from ..weight import FPxWeight
 
     keys = jax.random.split(key, count)
     if method == "xla_bf16":
@@ -93,17 +96,6 @@ def _make_weights(method: str, k: int, n: int, count: int, key) -> tuple[list, i
     if impl == "fallback":  # the large-M path of impl="auto": dequantize (CUDA kernel) + XLA dot
         impl = "xla"
     return ws, nbytes, lambda x, w: linear(x, w, impl=impl, split_k=split_k)
-
-
-def _time_call(fn, args, warmup: int, reps: int) -> float:
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
 
 
 def run_gemm_bench(
@@ -145,7 +137,7 @@ def run_gemm_bench(
             for m in batches:
                 key, xk = jax.random.split(key)
                 x = jax.random.normal(xk, (m, k), jnp.float32).astype(dtype)
-                t = _time_call(fn, (x, ws), warmup, reps) / count
+                t = median_seconds(fn, x, ws, warmup=warmup, reps=reps) / count
                 row = dict(method=method, M=int(m), K=k, N=n, us=t * 1e6, weight_GBps=nbytes / t / 1e9,
                            device=device, jax_version=jv, shape=sname, n_weights=count,
                            dtype=jnp.dtype(dtype).name)
@@ -174,7 +166,7 @@ def _bytes_estimate(method: str, k: int, n: int) -> int:
         return 2 * k * n
     if method.startswith("xla_"):
         return k * n
-    from .formats import get_format
+    from ..formats import get_format
 
     name = method.partition(":")[0].partition("@")[0]
     return k * n * get_format(name).bits // 8
@@ -216,10 +208,10 @@ def plot_results(rows: Sequence[dict], path: str) -> Optional[str]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m jax_fpx bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--shapes", default=None, help="shapes.json (default: benchmarks/shapes.json)")
+    ap.add_argument("--shapes", default=None, help="shapes JSON file (default: jax_fpx/cli/shapes.py)")
     ap.add_argument("--smoke", action="store_true", help="tiny cpu_smoke shapes (default on CPU)")
     ap.add_argument("--only", default=None, help="comma list of shape names to run")
-    ap.add_argument("--batches", default=None, help="comma list of M (default: from shapes.json)")
+    ap.add_argument("--batches", default=None, help="comma list of M (default: from the shapes)")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     ap.add_argument("--reps", type=int, default=10)
