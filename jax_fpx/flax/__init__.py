@@ -12,6 +12,7 @@ nnx:
 from .convert import DEFAULT_EXCLUDE, dense_input_stats, dequantize_params, fpx_dense_interceptor, quantize_params
 from .linen import FPxDense, FPxDenseGeneral
 from .nnx import FPxLinear, quantize_nnx
+from .rules import QuantRule, load_rules
 
 __all__ = [
     "FPxDense",
@@ -23,4 +24,6 @@ __all__ = [
     "dense_input_stats",
     "fpx_dense_interceptor",
     "DEFAULT_EXCLUDE",
+    "QuantRule",
+    "load_rules",
 ]

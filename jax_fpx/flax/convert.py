@@ -77,6 +77,7 @@ def quantize_params(
     progress: Optional[bool] = None,
     scale_search: Any = None,
     importance: Optional[Mapping[str, Any]] = None,
+    rules: Any = None,
 ) -> Any:
     """Quantize every Dense kernel of a linen param tree to :class:`FPxWeight`.
 
@@ -111,6 +112,10 @@ def quantize_params(
         search (``scale_search`` or a default :class:`ScaleSearch`) -- activation-aware
         clipping without changing the model.
       progress: show a tqdm bar (``None``: only when stderr is a terminal).
+      rules: optional ordered :class:`jax_fpx.flax.rules.QuantRule` list (or a JSON/YAML rules
+        file path): the first rule whose regex matches a kernel's path picks its format and
+        group size, ``fmt=None`` keeps it dense, no match keeps it dense. Replaces ``fmt``,
+        ``group_size`` and ``exclude``; ``include`` still filters.
 
     Returns:
       A tree of the same structure with ``FPxWeight`` in place of the selected kernels.
@@ -118,10 +123,15 @@ def quantize_params(
     from tqdm.auto import tqdm
 
     fmt = get_format(fmt)
+    if rules is not None:
+        from .rules import as_rules, match_rule
+
+        rules = as_rules(rules)
+        exclude = ()
     inc, exc = _compile(include), _compile(exclude)
     general = [(re.compile(p), int(n)) for p, n in (dense_general or {}).items()]
 
-    todo: list[tuple[tuple, Any, Optional[int]]] = []
+    todo: list[tuple[tuple, Any, Optional[int], Any, Optional[int]]] = []
     for path, leaf in _walk(params):
         if not path or path[-1] != "kernel" or isinstance(leaf, FPxWeight) or not _is_float_array(leaf):
             continue
@@ -135,13 +145,20 @@ def quantize_params(
             n_in = next((n for p, n in general if p.search(s)), None)
             if n_in is None or not 0 < n_in < leaf.ndim:
                 continue
-        todo.append((path, leaf, n_in))
+        if rules is not None:
+            rule = match_rule(rules, s)
+            if rule is None or rule.fmt is None:
+                continue
+            todo.append((path, leaf, n_in, rule.fmt, rule.group_size))
+        else:
+            todo.append((path, leaf, n_in, fmt, group_size))
 
     if progress is None:
         progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
     replaced = {}
-    with tqdm(total=len(todo), desc=f"quantize {fmt.name}", unit="layer", leave=False, disable=not progress) as bar:
-        for path, leaf, n_in in todo:
+    desc = "quantize by rules" if rules is not None else f"quantize {fmt.name}"
+    with tqdm(total=len(todo), desc=desc, unit="layer", leave=False, disable=not progress) as bar:
+        for path, leaf, n_in, leaf_fmt, leaf_group in todo:
             kernel = leaf
             if n_in is not None:
                 kernel = jnp.reshape(leaf, (math.prod(leaf.shape[:n_in]), math.prod(leaf.shape[n_in:])))
@@ -150,7 +167,7 @@ def quantize_params(
             if importance is not None and mod_path in importance and n_in is None:
                 base = scale_search if isinstance(scale_search, ScaleSearch) else ScaleSearch()
                 ss = dataclasses.replace(base, importance=importance[mod_path])
-            q = quantize(kernel, fmt, group_size=group_size, scale_search=ss)
+            q = quantize(kernel, leaf_fmt, group_size=leaf_group, scale_search=ss)
             jax.block_until_ready((q.data, q.scale))  # bound peak memory: one layer in flight
             if donate and isinstance(leaf, jax.Array) and not leaf.is_deleted():
                 if kernel is not leaf:

@@ -1,0 +1,1 @@
+"""Checkpoint I/O: safetensors reading/writing, on-device checksums, self-describing pre-quantized checkpoints."""
