@@ -40,16 +40,28 @@ class LlamaConfig:
     ffn_dim: int
     rope_theta: float = 500000.0
     norm_eps: float = 1e-5
+    # What real checkpoints need (see jax_fpx.models.hf); the defaults are the original model.
+    head_dim: Optional[int] = None  # None: dim // n_heads
+    qkv_bias: bool = False  # Qwen2, Llama attention_bias
+    o_bias: bool = False  # Llama attention_bias
+    mlp_bias: bool = False
+    tie_embeddings: bool = False  # logits = x @ embedding.T, no lm_head param
+    rope_scaling: Optional[tuple] = None  # sorted (key, value) items of HF's rope_scaling dict
+    sliding_window: Optional[int] = None  # Mistral: attend to the last `sliding_window` positions
+    dtype: str = "bfloat16"  # params, activations and KV cache
 
-    @property
-    def head_dim(self) -> int:
-        return self.dim // self.n_heads
+    def __post_init__(self):
+        if self.head_dim is None:
+            object.__setattr__(self, "head_dim", self.dim // self.n_heads)
+        if isinstance(self.rope_scaling, dict):
+            object.__setattr__(self, "rope_scaling", tuple(sorted(self.rope_scaling.items())))
 
     def n_params(self) -> int:
         hd = self.head_dim
         attn = self.dim * hd * (2 * self.n_heads + 2 * self.n_kv_heads)
         mlp = 3 * self.dim * self.ffn_dim
-        return self.n_layers * (attn + mlp + 2 * self.dim) + 2 * self.vocab_size * self.dim + self.dim
+        head = 1 if self.tie_embeddings else 2
+        return self.n_layers * (attn + mlp + 2 * self.dim) + head * self.vocab_size * self.dim + self.dim
 
 
 CONFIGS: dict[str, LlamaConfig] = {
@@ -64,19 +76,41 @@ CONFIGS: dict[str, LlamaConfig] = {
 
 class RMSNorm(nn.Module):
     eps: float = 1e-5
+    param_dtype: Any = jnp.bfloat16
 
     @nn.compact
     def __call__(self, x):
-        scale = self.param("scale", nn.initializers.ones_init(), (x.shape[-1],), jnp.bfloat16)
+        scale = self.param("scale", nn.initializers.ones_init(), (x.shape[-1],), self.param_dtype)
         xf = x.astype(jnp.float32)
         y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
         return (y * scale.astype(jnp.float32)).astype(x.dtype)
 
 
-def rope(x, positions, theta):
+def rope_inv_freq(head_dim: int, theta: float, scaling: Optional[tuple] = None) -> np.ndarray:
+    """float32 inverse frequencies (head_dim/2,), with HF's ``linear`` and ``llama3`` rope scaling."""
+    inv = (1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))).astype(np.float32)
+    sc = dict(scaling or ())
+    kind = sc.get("rope_type", sc.get("type", "default"))
+    if kind == "default":
+        return inv
+    if kind == "linear":
+        return (inv / np.float32(sc["factor"])).astype(np.float32)
+    if kind == "llama3":
+        factor, lo, hi = float(sc["factor"]), float(sc["low_freq_factor"]), float(sc["high_freq_factor"])
+        old = float(sc["original_max_position_embeddings"])
+        wavelen = 2 * np.pi / inv
+        scaled = np.where(wavelen > old / lo, inv / factor, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+        return np.where(medium, smoothed, scaled).astype(np.float32)
+    raise NotImplementedError(f"rope scaling type {kind!r} is not supported (supported: default, linear, llama3)")
+
+
+def rope(x, positions, theta, inv_freq=None):
     """Rotary embedding (rotate-half convention). x: (B, T, H, D); positions: (T,) int."""
     d = x.shape[-1]
-    inv = 1.0 / (theta ** (np.arange(0, d, 2, dtype=np.float32) / d))
+    inv = rope_inv_freq(d, theta) if inv_freq is None else inv_freq
     ang = positions.astype(jnp.float32)[:, None] * inv[None, :]  # (T, D/2)
     cos, sin = jnp.cos(ang)[None, :, None, :], jnp.sin(ang)[None, :, None, :]
     xf = x.astype(jnp.float32)
@@ -84,8 +118,9 @@ def rope(x, positions, theta):
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def _dense(features, name):
-    return nn.Dense(features, use_bias=False, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, name=name)
+def _dense(features, name, cfg=None, bias=False):
+    dt = jnp.bfloat16 if cfg is None else jnp.dtype(cfg.dtype)
+    return nn.Dense(features, use_bias=bias, dtype=dt, param_dtype=dt, name=name)
 
 
 class Attention(nn.Module):
@@ -97,22 +132,25 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         hd, kvh = c.head_dim, c.n_kv_heads
         group = c.n_heads // kvh
-        q = _dense(c.n_heads * hd, "wq")(x).reshape(b, t, c.n_heads, hd)
-        k = _dense(kvh * hd, "wk")(x).reshape(b, t, kvh, hd)
-        v = _dense(kvh * hd, "wv")(x).reshape(b, t, kvh, hd)
+        q = _dense(c.n_heads * hd, "wq", c, c.qkv_bias)(x).reshape(b, t, c.n_heads, hd)
+        k = _dense(kvh * hd, "wk", c, c.qkv_bias)(x).reshape(b, t, kvh, hd)
+        v = _dense(kvh * hd, "wv", c, c.qkv_bias)(x).reshape(b, t, kvh, hd)
         positions = pos + jnp.arange(t)
-        q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
+        inv = rope_inv_freq(hd, c.rope_theta, c.rope_scaling)
+        q, k = rope(q, positions, c.rope_theta, inv), rope(k, positions, c.rope_theta, inv)
         k_cache = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, pos, 0, 0))
         v_cache = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, pos, 0, 0))
         s_max = k_cache.shape[1]
         qg = q.reshape(b, t, kvh, group, hd)
         scores = jnp.einsum("btkgd,bskd->bkgts", qg, k_cache, preferred_element_type=jnp.float32) / np.sqrt(hd)
         causal = jnp.arange(s_max)[None, :] <= positions[:, None]  # (T, S)
+        if c.sliding_window is not None:
+            causal &= jnp.arange(s_max)[None, :] > positions[:, None] - c.sliding_window
         scores = jnp.where(causal[None, None, None], scores, -1e30)
         probs = jax.nn.softmax(scores, axis=-1).astype(v_cache.dtype)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v_cache, preferred_element_type=jnp.float32)
         out = out.astype(x.dtype).reshape(b, t, c.n_heads * hd)
-        return _dense(c.dim, "wo")(out), k_cache, v_cache
+        return _dense(c.dim, "wo", c, c.o_bias)(out), k_cache, v_cache
 
 
 class Block(nn.Module):
@@ -121,12 +159,13 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x, pos, k_cache, v_cache):
         c = self.cfg
-        h, k_cache, v_cache = Attention(c, name="attn")(RMSNorm(c.norm_eps, name="attn_norm")(x), pos, k_cache, v_cache)
+        pdt = jnp.dtype(c.dtype)
+        h, k_cache, v_cache = Attention(c, name="attn")(RMSNorm(c.norm_eps, pdt, name="attn_norm")(x), pos, k_cache, v_cache)
         x = x + h
-        y = RMSNorm(c.norm_eps, name="mlp_norm")(x)
-        gate = _dense(c.ffn_dim, "w1")(y)
-        up = _dense(c.ffn_dim, "w3")(y)
-        x = x + _dense(c.dim, "w2")(nn.silu(gate) * up)
+        y = RMSNorm(c.norm_eps, pdt, name="mlp_norm")(x)
+        gate = _dense(c.ffn_dim, "w1", c, c.mlp_bias)(y)
+        up = _dense(c.ffn_dim, "w3", c, c.mlp_bias)(y)
+        x = x + _dense(c.dim, "w2", c, c.mlp_bias)(nn.silu(gate) * up)
         return x, k_cache, v_cache
 
 
@@ -138,18 +177,21 @@ class Llama(nn.Module):
     @nn.compact
     def __call__(self, tokens, pos, cache):
         c = self.cfg
-        x = nn.Embed(c.vocab_size, c.dim, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16, name="embed")(tokens)
+        pdt = jnp.dtype(c.dtype)
+        embed = nn.Embed(c.vocab_size, c.dim, dtype=pdt, param_dtype=pdt, name="embed")
+        x = embed(tokens)
         new_cache = []
         for i in range(c.n_layers):
             x, kc, vc = Block(c, name=f"layers_{i}")(x, pos, *cache[i])
             new_cache.append((kc, vc))
-        x = RMSNorm(c.norm_eps, name="norm")(x)
-        logits = _dense(c.vocab_size, "lm_head")(x)
+        x = RMSNorm(c.norm_eps, pdt, name="norm")(x)
+        logits = embed.attend(x) if c.tie_embeddings else _dense(c.vocab_size, "lm_head", c)(x)
         return logits.astype(jnp.float32), new_cache
 
 
-def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=jnp.bfloat16):
-    """Static KV cache: per layer (k, v) of shape (B, max_len, n_kv_heads, head_dim)."""
+def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=None):
+    """Static KV cache: per layer (k, v) of shape (B, max_len, n_kv_heads, head_dim), ``cfg.dtype`` by default."""
+    dtype = jnp.dtype(cfg.dtype) if dtype is None else dtype
     shape = (batch, max_len, cfg.n_kv_heads, cfg.head_dim)
     return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.n_layers)]
 
