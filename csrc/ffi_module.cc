@@ -1,7 +1,10 @@
-// nanobind module `_jax_fpx`: exposes the FFI handlers as capsules. Nothing else.
+// nanobind module `_jax_fpx`: exposes the FFI handlers as capsules and the facts Python reads
+// from the build (layout version, formats with kernels per platform). Nothing else.
 #include <nanobind/nanobind.h>
 
 #include "cpu/linear_cpu.h"
+#include "cuda_formats_gen.h"
+#include "fpx_format.h"
 #include "linear_args.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -33,5 +36,22 @@ NB_MODULE(_jax_fpx, m) {
     return false;
 #endif
   });
-  m.attr("layout_version") = 1;
+  m.def("layout_version", []() { return jax_fpx::kLayoutVersion; });
+  // {"cpu": [(ebits, mbits), ...], "cuda": [...]}: formats each platform's GEMM handler runs
+  // ("cuda" only in CUDA builds; there the other formats go through dequantize + XLA dot).
+  m.def("kernel_formats", []() {
+    nb::dict d;
+    nb::list cpu;
+    for (int i = 0; i < jax_fpx::kNumRecipes; ++i)
+      cpu.append(nb::make_tuple(jax_fpx::kRecipes[i].ebits, jax_fpx::kRecipes[i].mbits));
+    d["cpu"] = cpu;
+#ifdef JAX_FPX_WITH_CUDA
+    nb::list cuda;
+#define JAX_FPX_APPEND_FORMAT(E, M) cuda.append(nb::make_tuple(E, M));
+    JAX_FPX_CUDA_FORMATS(JAX_FPX_APPEND_FORMAT)
+#undef JAX_FPX_APPEND_FORMAT
+    d["cuda"] = cuda;
+#endif
+    return d;
+  });
 }

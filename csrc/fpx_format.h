@@ -1,8 +1,11 @@
-// Bit layout constants and scalar codec shared by host and device code.
-// The layout itself is documented in jax_fpx/layout.py (LAYOUT_VERSION 1); keep both in sync.
+// Layout facts and the scalar codec shared by host and device code. The layout itself (geometry,
+// register placement, the per-format recipes) is generated from jax_fpx/layout.py at build time
+// into fpx_layout_gen.h: one source for Python and C++.
 #pragma once
 
 #include <cstdint>
+
+#include "fpx_layout_gen.h"
 
 #if defined(__CUDACC__)
 #define FPX_HD __host__ __device__ __forceinline__
@@ -12,52 +15,43 @@
 
 namespace jax_fpx {
 
-constexpr int kLayoutVersion = 1;
-constexpr int kRowTile = 16;  // output channels per block (MMA M)
-constexpr int kKBlock = 64;   // reduction elements per block (4 MMA k-steps)
-constexpr int kLanes = 32;
+constexpr int kBf16ExpLsb = 7;  // bit of bf16's exponent LSB: the code's field sits right under it
 
-// Parts of a `bits`-wide code, widest first: returns the width of part `i` (0 if none).
-FPX_HD constexpr int PartWidth(int bits, int i) {
-  if (bits == 8) return i == 0 ? 8 : 0;
-  int seen = 0;
-  for (int w = 4; w >= 1; w >>= 1) {
-    if (bits & w) {
-      if (seen == i) return w;
-      ++seen;
+// Index of (ebits, mbits) in kRecipes, or -1.
+constexpr int FindRecipe(int ebits, int mbits) {
+  for (int i = 0; i < kNumRecipes; ++i)
+    if (kRecipes[i].ebits == ebits && kRecipes[i].mbits == mbits) return i;
+  return -1;
+}
+
+// (row, k) inside a 16x64 block of the value in half `h` of register `r` of `lane`.
+FPX_HD constexpr int ElementRow(int lane, int r) { return (lane >> 2) + 8 * (r & 1); }
+FPX_HD constexpr int ElementK(int lane, int r, int h) {
+  return 16 * (r >> 2) + 2 * (lane & 3) + 8 * ((r & 3) >> 1) + h;
+}
+
+FPX_HD uint32_t ShiftWord(uint32_t v, int s) { return s >= 0 ? v << s : v >> (-s); }
+
+// The code in half `h` of a register (bf16 placement, see layout.py).
+FPX_HD uint32_t CodeOfHalf(uint32_t reg, int h, int ebits, int mbits) {
+  const uint32_t half = (reg >> (16 * h)) & 0xFFFFu;
+  const int bits = 1 + ebits + mbits;
+  return ((half >> 15) << (bits - 1)) | ((half >> (kBf16ExpLsb - mbits)) & ((1u << (bits - 1)) - 1u));
+}
+
+// The 32 codes of `lane` in a block whose words are `block[i * 32 + lane]`, as codes[r * 2 + h]:
+// the one unpacking routine of the CPU handler and the CUDA dequantize kernel (which passes a
+// __constant__ copy of the recipe). The GEMM kernels unroll the same recipe at compile time
+// (cuda/kernel/decode.cuh).
+FPX_HD void UnpackLane(const uint32_t* block, const Recipe& rec, int lane, uint8_t* codes) {
+  for (int r = 0; r < kRegs; ++r) {
+    uint32_t reg = 0;
+    for (int i = 0; i < kMaxPieces; ++i) {
+      const Piece& p = rec.regs[r][i];
+      if (p.mask) reg |= ShiftWord(block[p.word * kLanes + lane], p.shift) & p.mask;
     }
+    for (int h = 0; h < 2; ++h) codes[2 * r + h] = static_cast<uint8_t>(CodeOfHalf(reg, h, rec.ebits, rec.mbits));
   }
-  return 0;
-}
-// Offset (bits from the top of the code) of part `i`.
-FPX_HD constexpr int PartOffset(int bits, int i) {
-  int off = 0;
-  for (int j = 0; j < i; ++j) off += PartWidth(bits, j);
-  return off;
-}
-FPX_HD constexpr int NumParts(int bits) {
-  int n = 0;
-  while (n < 4 && PartWidth(bits, n) != 0) ++n;
-  return n;
-}
-
-// Position of a lane's value v = 4*z + beta inside its 16x64 block.
-FPX_HD constexpr int ValueRow(int lane, int v) { return (lane >> 2) + 8 * ((v & 3) >> 1); }
-FPX_HD constexpr int ValueK(int lane, int v) { return 16 * (lane & 3) + 2 * (v >> 2) + (v & 1); }
-
-// Code of value v (0..31) of `lane` from the block's words (block = 32*bits uint32).
-FPX_HD uint32_t ExtractCode(const uint32_t* block, int bits, int lane, int v) {
-  const int z = v >> 2, beta = v & 3;
-  uint32_t code = 0;
-  const uint32_t* part = block;
-  for (int i = 0; i < NumParts(bits); ++i) {
-    const int p = PartWidth(bits, i), o = PartOffset(bits, i), q = 8 / p;
-    const uint32_t word = part[lane * p + z / q];
-    const int shift = 8 * beta + 8 - p - p * (z % q);
-    code |= ((word >> shift) & ((1u << p) - 1u)) << (bits - o - p);
-    part += kLanes * p;
-  }
-  return code;
 }
 
 // Exact float value of an eXmY code (finite-only; the NaN code of e4m3fn never appears).
@@ -78,6 +72,18 @@ FPX_HD float DecodeCode(uint32_t code, int ebits, int mbits) {
   }
   mag *= p2;
   return ((code >> (bits - 1)) & 1u) ? -mag : mag;
+}
+
+// bf16 bits -> float (scales of per-group weights are stored as bf16).
+FPX_HD float Bf16BitsToFloat(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+#endif
 }
 
 }  // namespace jax_fpx

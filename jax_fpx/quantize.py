@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import layout
+from .packing import pack, unpack
 from .formats import FormatLike, FPxFormat, get_format
 from .weight import FPxWeight
 
@@ -58,63 +59,6 @@ def decode(codes: jax.Array, fmt: FPxFormat) -> jax.Array:
     return jnp.where((codes >> (fmt.bits - 1)) & 1 == 1, -mag, mag)
 
 
-# --- bit packing ------------------------------------------------------------------------
-def _to_lanes(codes: jax.Array) -> jax.Array:
-    """[..., N_pad, K_pad] codes -> [..., NT, KB, 32 lanes, 8 quads, 4 bytes] (layout order)."""
-    *lead, n_pad, k_pad = codes.shape
-    nt, kb = n_pad // layout.ROW_TILE, k_pad // layout.K_BLOCK
-    nl = len(lead)
-    # rows = nt*16 + rb*8 + g ; k = kb*64 + t*16 + z*2 + h
-    c = codes.reshape(*lead, nt, 2, 8, kb, 4, 8, 2)
-    i = list(range(nl))
-    c = c.transpose(*i, nl + 0, nl + 3, nl + 2, nl + 4, nl + 5, nl + 1, nl + 6)  # nt, kb, g, t, z, rb, h
-    return c.reshape(*lead, nt, kb, layout.LANES, 8, 4)
-
-
-def _from_lanes(lanes: jax.Array) -> jax.Array:
-    *lead, nt, kb, _, _, _ = lanes.shape
-    nl = len(lead)
-    c = lanes.reshape(*lead, nt, kb, 8, 4, 8, 2, 2)  # nt, kb, g, t, z, rb, h
-    i = list(range(nl))
-    c = c.transpose(*i, nl + 0, nl + 5, nl + 2, nl + 1, nl + 3, nl + 4, nl + 6)  # nt, rb, g, kb, t, z, h
-    return c.reshape(*lead, nt * layout.ROW_TILE, kb * layout.K_BLOCK)
-
-
-def _slot_shifts(p: int) -> np.ndarray:
-    """[Q, 4] bit position of the value at (slot r, byte beta) inside a part word."""
-    q = 8 // p
-    r = np.arange(q)[:, None]
-    beta = np.arange(4)[None, :]
-    return (8 * beta + 8 - p - p * r).astype(np.uint32)
-
-
-def pack(codes: jax.Array, bits: int) -> jax.Array:
-    """uint32 codes ``[..., N_pad, K_pad]`` -> packed data ``[..., N_pad/16, K_pad/64, 32*bits]``."""
-    lanes = _to_lanes(jnp.asarray(codes, jnp.uint32))  # [..., NT, KB, 32, 8, 4]
-    lead = lanes.shape[:-3]
-    words = []
-    for off, p in layout.parts_for_bits(bits):
-        q = 8 // p
-        part = (lanes >> (bits - off - p)) & (2**p - 1)
-        part = part.reshape(*lead, layout.LANES, p, q, 4) << _slot_shifts(p)
-        words.append(part.sum(axis=(-2, -1), dtype=jnp.uint32).reshape(*lead, layout.LANES * p))
-    return jnp.concatenate(words, axis=-1)
-
-
-def unpack(data: jax.Array, bits: int) -> jax.Array:
-    """Inverse of :func:`pack`: ``[..., NT, KB, 32*bits]`` -> codes ``[..., N_pad, K_pad]``."""
-    data = jnp.asarray(data, jnp.uint32)
-    lead = data.shape[:-1]
-    codes = jnp.zeros((*lead, layout.LANES, 8, 4), jnp.uint32)
-    start = 0
-    for off, p in layout.parts_for_bits(bits):
-        w = data[..., start : start + layout.LANES * p].reshape(*lead, layout.LANES, p, 1, 1)
-        vals = (w >> _slot_shifts(p)) & (2**p - 1)  # [..., 32, p, Q, 4]
-        codes = codes | (vals.reshape(*lead, layout.LANES, 8, 4) << (bits - off - p))
-        start += layout.LANES * p
-    return _from_lanes(codes)
-
-
 # --- quantize / dequantize ---------------------------------------------------------------
 def _scales(wt: jax.Array, fmt: FPxFormat, group_size: Optional[int]) -> jax.Array:
     """wt [..., N_pad, K_pad] f32 -> scale [..., N_pad, G] f32 (absmax/max; zeros -> 1; non-finite -> NaN)."""
@@ -124,7 +68,19 @@ def _scales(wt: jax.Array, fmt: FPxFormat, group_size: Optional[int]) -> jax.Arr
     amax = jnp.max(jnp.abs(grouped), axis=-1)
     finite = jnp.all(jnp.isfinite(grouped), axis=-1)
     scale = jnp.where(amax > 0, amax / fmt.max_value, 1.0)
-    return jnp.where(finite, scale, jnp.nan).astype(jnp.float32)
+    return _stored_scale(jnp.where(finite, scale, jnp.nan), group_size)
+
+
+def _stored_scale(scale: jax.Array, group_size: Optional[int]) -> jax.Array:
+    """Scales in their stored dtype (``layout.scale_dtype``): group scales rounded *up* to
+    bfloat16, so ``|w| / scale`` never exceeds the format's max; codes are then encoded
+    against exactly this stored value."""
+    scale = scale.astype(jnp.float32)
+    if group_size is None:
+        return scale
+    b = scale.astype(jnp.bfloat16)
+    up = jnp.nextafter(b, jnp.asarray(jnp.inf, jnp.bfloat16))
+    return jnp.where(b.astype(jnp.float32) < scale, up, b)
 
 
 def _check_group_size(group_size: Optional[int]) -> Optional[int]:
@@ -160,7 +116,8 @@ def quantize(
         feature from a few calibration batches). Encoding is unchanged (RNE, saturating).
 
     Returns:
-      :class:`FPxWeight` with packed ``uint32`` data and ``float32`` scales.
+      :class:`FPxWeight` with packed ``uint32`` data and scales (``float32`` per channel,
+      ``bfloat16`` per group; see :mod:`jax_fpx.layout`).
 
     Rounding is to nearest, ties to even, saturating at the format's max. NaN/Inf in a
     concrete kernel raise ``ValueError``. Under tracing (``jit``/``vmap``/Flax ``init``) the
@@ -234,9 +191,9 @@ def _padded_nk(kernel: jax.Array, group_size: Optional[int]) -> jax.Array:
 
 def _encode_pack(wt: jax.Array, scale: jax.Array, fmt: FPxFormat) -> jax.Array:
     """Packed codes of ``wt / scale`` (wt ``[..., N_pad, K_pad]``, scale ``[..., N_pad, G]``)."""
-    per_elem = jnp.repeat(scale, wt.shape[-1] // scale.shape[-1], axis=-1)
+    per_elem = jnp.repeat(scale.astype(jnp.float32), wt.shape[-1] // scale.shape[-1], axis=-1)
     codes = encode(jnp.where(jnp.isfinite(per_elem), wt / per_elem, 0.0), fmt)
-    return pack(codes, fmt.bits)
+    return pack(codes, fmt.ebits, fmt.mbits)
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4, 5, 6, 7))
@@ -272,7 +229,7 @@ def _quantize_search_jit(kernel, importance, fmt: FPxFormat, group_size, candida
     if refine > 1:  # second pass: `refine` ratios spanning +-1 coarse step around each best ratio
         r1 = carry[0]
         carry = search(lambda i, r: r1 + step * (2.0 * i / (refine - 1) - 1.0), refine, carry)
-    scale = base * carry[0]
+    scale = _stored_scale(base.astype(jnp.float32) * carry[0], group_size)
     return _encode_pack(wt, scale, fmt), scale
 
 
@@ -293,7 +250,7 @@ def dequantize(w: FPxWeight, dtype=jnp.float32) -> jax.Array:
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
 def _dequantize_jit(data, scale, fmt, shape, dtype):
     k_in, n_out = shape
-    vals = decode(unpack(data, fmt.bits), fmt)  # [..., N_pad, K_pad]
+    vals = decode(unpack(data, fmt.ebits, fmt.mbits), fmt)  # [..., N_pad, K_pad]
     g = vals.shape[-1] // scale.shape[-1]
-    vals = vals * jnp.repeat(scale, g, axis=-1)
+    vals = vals * jnp.repeat(scale.astype(jnp.float32), g, axis=-1)
     return jnp.swapaxes(vals[..., :n_out, :k_in], -1, -2).astype(dtype)

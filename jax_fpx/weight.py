@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from . import layout
@@ -20,7 +21,8 @@ class FPxWeight:
     Leaves (arrays; may carry extra leading axes when weights are stacked, e.g. by
     ``nn.scan`` or ``jax.vmap``):
       data:  ``uint32[..., N_pad/16, K_pad/64, 32*bits]`` packed codes (see ``jax_fpx.layout``).
-      scale: ``float32[..., N_pad, K_pad/group or 1]`` per-channel / per-group scales.
+      scale: ``float32[..., N_pad, 1]`` per-channel or ``bfloat16[..., N_pad, K_pad/group]``
+        per-group scales (``layout.scale_dtype``).
 
     Static aux data: ``fmt`` (FPxFormat), ``shape`` = logical (in_features, out_features),
     ``group_size`` (None = one scale per output channel).
@@ -75,7 +77,8 @@ class FPxWeight:
     @property
     def nbytes(self) -> int:
         """Bytes of packed codes plus scales (what a GEMM streams from memory)."""
-        return int(np.prod(np.shape(self.data))) * 4 + int(np.prod(np.shape(self.scale))) * 4
+        scale_bytes = np.dtype(self.scale.dtype).itemsize
+        return int(np.prod(np.shape(self.data))) * 4 + int(np.prod(np.shape(self.scale))) * scale_bytes
 
     def check(self) -> None:
         """Raise ValueError if the leaves do not match the static metadata."""
@@ -87,8 +90,11 @@ class FPxWeight:
                 f"FPxWeight leaves do not match its metadata: data {dshape} (want [...]+{ds}), "
                 f"scale {sshape} (want [...]+{ss}) for {self}"
             )
-        if np.dtype(self.data.dtype) != np.uint32 or np.dtype(self.scale.dtype) != np.float32:
-            raise ValueError(f"FPxWeight wants uint32 data and float32 scale, got {self.data.dtype}, {self.scale.dtype}")
+        want = np.dtype(jnp.dtype(layout.scale_dtype(self.group_size)))
+        if np.dtype(self.data.dtype) != np.uint32 or np.dtype(self.scale.dtype) != want:
+            raise ValueError(
+                f"FPxWeight wants uint32 data and {want} scale, got {self.data.dtype}, {self.scale.dtype}"
+            )
 
     def __repr__(self) -> str:
         g = "per-channel" if self.group_size is None else f"group={self.group_size}"

@@ -7,38 +7,9 @@ import pytest
 
 import jax_fpx
 from jax_fpx import layout
-from jax_fpx.quantize import pack, unpack
+from jax_fpx.packing import pack, unpack
 
 FORMATS = ["fp6_e3m2", "fp6_e2m3", "fp5_e2m2", "fp4_e2m1", "fp8_e4m3", "fp3_e1m1", "fp7_e3m3"]
-
-
-@pytest.mark.parametrize("bits", range(3, 9))
-@pytest.mark.parametrize("shape", [(16, 64), (48, 192), (32, 128)])
-def test_pack_unpack_round_trip(bits, shape):
-    rng = np.random.default_rng(bits)
-    codes = rng.integers(0, 2**bits, shape, dtype=np.uint32)
-    data = pack(codes, bits)
-    assert data.shape == (shape[0] // 16, shape[1] // 64, 32 * bits) and data.dtype == jnp.uint32
-    np.testing.assert_array_equal(np.asarray(unpack(data, bits)), codes)
-
-
-def test_pack_places_values_where_the_layout_says():
-    """Independent check of the documented bit positions for one fp6 block."""
-    bits = 6
-    rng = np.random.default_rng(0)
-    codes = rng.integers(0, 64, (16, 64), dtype=np.uint32)
-    data = np.asarray(pack(codes, bits))[0, 0]
-    for lane in (0, 5, 31):
-        g, t = lane // 4, lane % 4
-        for v in (0, 7, 13, 31):
-            z, beta = v // 4, v % 4
-            row, k = g + 8 * (beta // 2), 16 * t + 2 * z + beta % 2
-            # part 0: 4 bits (top of code), Q = 2 quads/word; part 1: 2 bits, Q = 4
-            w4 = data[lane * 4 + z // 2]
-            hi = (w4 >> (8 * beta + 4 - 4 * (z % 2))) & 15
-            w2 = data[32 * 4 + lane * 2 + z // 4]
-            lo = (w2 >> (8 * beta + 6 - 2 * (z % 4))) & 3
-            assert (hi << 2 | lo) == codes[row, k]
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (384, 1536), (1000, 3000)])
@@ -69,14 +40,20 @@ def test_quantize_error_bound(fmt, group_size):
     g = 300 if group_size is None else group_size
     kpad = np.pad(kk, ((0, (-300) % g), (0, 0)))
     amax = np.abs(kpad.reshape(-1, g, 200)).max(axis=1).repeat(g, axis=0)[:300]
-    scale = amax / f.max_value
+    # the stored scale: absmax / max per channel (float32), rounded up to bfloat16 per group
+    scale = np.asarray(w.scale.astype(jnp.float32))[:200].T.repeat(g, axis=0)[:300]
+    if group_size is None:
+        np.testing.assert_allclose(scale, amax / f.max_value, rtol=1e-6)
+    else:
+        assert np.all(scale >= amax / f.max_value) and np.all(scale <= amax / f.max_value * (1 + 2.0**-7))
     q = np.abs(kk) / scale
     binade = np.floor(np.log2(np.maximum(q, 2.0**f.min_normal_exp)))
     half_step = 0.5 * 2.0 ** (binade - f.mbits) * scale
     assert np.all(np.abs(d - kk) <= half_step * (1 + 1e-6) + 1e-30)
-    # and the absmax element of each channel/group is exact
-    rows = np.argmax(np.abs(kk), axis=0)
-    np.testing.assert_allclose(d[rows, np.arange(200)], kk[rows, np.arange(200)], rtol=1e-6)
+    # and the absmax element of each channel is exact (per group the bf16 scale moves it off the grid)
+    if group_size is None:
+        rows = np.argmax(np.abs(kk), axis=0)
+        np.testing.assert_allclose(d[rows, np.arange(200)], kk[rows, np.arange(200)], rtol=1e-6)
 
 
 def test_group_size_validation_and_shapes():
@@ -143,11 +120,11 @@ def test_quantize_rejects_bad_inputs():
 def test_weight_pytree_and_metadata():
     w = jax_fpx.quantize(jnp.ones((100, 20)), "fp4_e2m1", group_size=64)
     leaves, tree = jax.tree.flatten(w)
-    assert len(leaves) == 2 and leaves[0].dtype == jnp.uint32 and leaves[1].dtype == jnp.float32
+    assert len(leaves) == 2 and leaves[0].dtype == jnp.uint32 and leaves[1].dtype == jnp.bfloat16  # group scales
     w2 = jax.tree.unflatten(tree, leaves)
     assert (w2.fmt, w2.shape, w2.group_size) == (w.fmt, (100, 20), 64)
     assert "fp4_e2m1" in repr(w) and "group=64" in repr(w)
-    assert w.nbytes == w.data.size * 4 + w.scale.size * 4
+    assert w.nbytes == w.data.size * 4 + w.scale.size * 2
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(w)[0]]
     assert paths == [".data", ".scale"]
     w.check()
@@ -159,8 +136,8 @@ def test_weight_pytree_and_metadata():
 def test_pack_unpack_llama_sized():
     """4096 x 11008 (Llama-7B MLP) codes survive pack -> unpack; quantize keeps the logical shape."""
     codes = jax.random.randint(jax.random.key(9), (11008, 4096), 0, 64).astype(jnp.uint32)
-    data = jax.jit(pack, static_argnums=1)(codes, 6)
+    data = jax.jit(pack, static_argnums=(1, 2))(codes, 3, 2)
     assert data.shape == (688, 64, 192)
-    assert bool(jnp.all(jax.jit(unpack, static_argnums=1)(data, 6) == codes))
+    assert bool(jnp.all(jax.jit(unpack, static_argnums=(1, 2))(data, 3, 2) == codes))
     w = jax.eval_shape(lambda k: jax_fpx.quantize(k), jax.ShapeDtypeStruct((4096, 11008), jnp.bfloat16))
     assert w.shape == (4096, 11008) and w.data.shape == (688, 64, 192)

@@ -69,64 +69,32 @@ uint16_t F32ToF16(float f) {
   return sign | static_cast<uint16_t>((exp << 10) | (static_cast<int>(mant) - 1024));
 }
 
-// Codes of one 16x64 block as codes[lane][v] (v = 4*z + beta, see jax_fpx/layout.py).
-template <int kBits>
-void DecodeBlockCodes(const uint32_t* block, uint8_t (*codes)[32]) {
-  std::memset(codes, 0, kLanes * 32);
-  const uint32_t* part = block;
-  for (int i = 0; i < NumParts(kBits); ++i) {
-    const int p = PartWidth(kBits, i), o = PartOffset(kBits, i), q = 8 / p;
-    const uint32_t mask = (1u << p) - 1u;
-    const int up = kBits - o - p;
-    for (int lane = 0; lane < kLanes; ++lane) {
-      for (int w = 0; w < p; ++w) {
-        const uint32_t word = part[lane * p + w];
-        for (int r = 0; r < q; ++r) {
-          const int z = w * q + r;
-          for (int beta = 0; beta < 4; ++beta) {
-            const uint32_t bits = (word >> (8 * beta + 8 - p - p * r)) & mask;
-            codes[lane][4 * z + beta] |= static_cast<uint8_t>(bits << up);
-          }
-        }
-      }
-    }
-    part += kLanes * p;
-  }
+// Scale of row `row`, column `col` (per-channel f32 or per-group bf16, see layout.py).
+float ScaleAt(const WeightShape& w, const void* scale, int64_t row, int64_t col) {
+  const int64_t i = row * w.groups + col;
+  return w.scale_bf16 ? Bf16BitsToFloat(static_cast<const uint16_t*>(scale)[i])
+                      : static_cast<const float*>(scale)[i];
 }
 
 // Dequantizes row tile `nt` into `out` laid out k-major ([k_pad][16]), scale applied, so the
 // GEMM below runs 16 independent accumulators (one per row) that the compiler vectorizes.
-template <int kBits>
-void DequantizeTile(const LinearProblem& p, const uint32_t* data, const float* scale,
+void DequantizeTile(const LinearProblem& p, const uint32_t* data, const void* scale,
                     const float* lut, int64_t nt, float* out) {
-  constexpr int kWords = kLanes * kBits;
-  uint8_t codes[kLanes][32];
+  const int64_t words = int64_t(kLanes) * p.bits;
+  uint8_t codes[2 * kRegs];
   for (int64_t kb = 0; kb < p.k_blocks; ++kb) {
-    DecodeBlockCodes<kBits>(data + (nt * p.k_blocks + kb) * kWords, codes);
+    const uint32_t* block = data + (nt * p.k_blocks + kb) * words;
     const int64_t col = p.groups == 1 ? 0 : kb / p.group_blocks;
     float s[kRowTile];
-    for (int r = 0; r < kRowTile; ++r) s[r] = scale[(nt * kRowTile + r) * p.groups + col];
+    for (int r = 0; r < kRowTile; ++r) s[r] = ScaleAt(p, scale, nt * kRowTile + r, col);
     float* ob = out + kb * kKBlock * kRowTile;
     for (int lane = 0; lane < kLanes; ++lane) {
-      for (int v = 0; v < 32; ++v) {
-        const int r = ValueRow(lane, v);
-        ob[ValueK(lane, v) * kRowTile + r] = lut[codes[lane][v]] * s[r];
+      UnpackLane(block, *p.recipe, lane, codes);
+      for (int r = 0; r < kRegs; ++r) {
+        const int row = ElementRow(lane, r);
+        for (int h = 0; h < 2; ++h) ob[ElementK(lane, r, h) * kRowTile + row] = lut[codes[2 * r + h]] * s[row];
       }
     }
-  }
-}
-
-using TileFn = void (*)(const LinearProblem&, const uint32_t*, const float*, const float*, int64_t,
-                        float*);
-
-TileFn TileDequantizer(int bits) {
-  switch (bits) {
-    case 3: return DequantizeTile<3>;
-    case 4: return DequantizeTile<4>;
-    case 5: return DequantizeTile<5>;
-    case 6: return DequantizeTile<6>;
-    case 7: return DequantizeTile<7>;
-    default: return DequantizeTile<8>;
   }
 }
 
@@ -187,11 +155,11 @@ ffi::Error LinearCpu(ffi::AnyBuffer x, ffi::AnyBuffer data, ffi::AnyBuffer scale
   const auto* xs = static_cast<const uint16_t*>(x.untyped_data());
   auto* ys = static_cast<uint16_t*>(y->untyped_data());
   const auto* ds = static_cast<const uint32_t*>(data.untyped_data());
-  const auto* ss = static_cast<const float*>(scale.untyped_data());
+  const auto* ss = static_cast<const char*>(scale.untyped_data());
+  const int64_t scale_bytes = p.scale_bf16 ? 2 : 4;
   const auto* bs = static_cast<const float*>(bias.untyped_data());
   const int64_t words_per_w = p.row_tiles * p.k_blocks * kLanes * p.bits;
 
-  const TileFn dequantize_tile = TileDequantizer(p.bits);
   std::vector<float> xf(static_cast<size_t>(p.m * p.k));
   const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
   for (int64_t b = 0; b < p.batch; ++b) {
@@ -199,14 +167,14 @@ ffi::Error LinearCpu(ffi::AnyBuffer x, ffi::AnyBuffer data, ffi::AnyBuffer scale
     const uint16_t* xb = xs + bx * p.m * p.k;
     for (int64_t i = 0; i < p.m * p.k; ++i) xf[i] = p.fp16 ? F16ToF32(xb[i]) : Bf16ToF32(xb[i]);
     const uint32_t* db = ds + bw * words_per_w;
-    const float* sb = ss + bw * p.n_pad * p.groups;
+    const char* sb = ss + bw * p.n_pad * p.groups * scale_bytes;
     const float* biasb = p.has_bias ? bs + (p.bias_batched ? b : 0) * p.n : nullptr;
     uint16_t* yb = ys + b * p.m * p.n;
 
     auto work = [&](int64_t t0, int64_t t1) {
       std::vector<float> tile(static_cast<size_t>(kRowTile * p.k_pad));
       for (int64_t nt = t0; nt < t1; ++nt) {
-        dequantize_tile(p, db, sb, lut.data(), nt, tile.data());
+        DequantizeTile(p, db, sb, lut.data(), nt, tile.data());
         TileGemm(p, xf.data(), tile.data(), biasb, nt * kRowTile, p.fp16, yb);
       }
     };

@@ -1,16 +1,14 @@
-// CUDA handler of `jax_fpx_linear`: validate (shared ParseLinear), pick the token tile and the
-// K split from the shape and the device, launch the FPx GEMM (and, for split > 1, the
-// deterministic reduction) on XLA's stream. No allocation, no host synchronization: safe inside
-// XLA command buffers (CUDA graphs).
+// CUDA handler of `jax_fpx_linear`: validate (shared ParseLinear), pick the token tiles and the
+// persistent stream-K schedule from the shape and the device, zero the fix-up flags and launch the
+// decode GEMM on XLA's stream. No allocation, no host synchronization: safe inside XLA command
+// buffers (CUDA graphs).
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <cstdint>
 #include <mutex>
 #include <string>
-#include <unordered_map>
+#include <unordered_set>
 
 #include "../linear_args.h"
 #include "kernel/registry.cuh"
@@ -20,16 +18,6 @@ namespace ffi = xla::ffi;
 
 namespace jax_fpx {
 namespace cuda {
-
-bool FindKernels(int ebits, int mbits, bool f16, FpxKernels* out) {
-  if (ebits == 3 && mbits == 2) *out = KernelsE3M2(f16);
-  else if (ebits == 2 && mbits == 3) *out = KernelsE2M3(f16);
-  else if (ebits == 2 && mbits == 2) *out = KernelsE2M2(f16);
-  else if (ebits == 2 && mbits == 1) *out = KernelsE2M1(f16);
-  else return false;
-  return true;
-}
-
 namespace {
 
 ffi::Error CudaError(cudaError_t err, const char* what) {
@@ -37,44 +25,18 @@ ffi::Error CudaError(cudaError_t err, const char* what) {
                     std::string("jax_fpx_linear: ") + what + ": " + cudaGetErrorString(err));
 }
 
-// Resident CTAs per SM of a kernel (cached; a host-side query, legal during graph capture).
-int ResidentCtas(KernelFn fn, int threads) {
-  static std::mutex mu;
-  static std::unordered_map<const void*, int> cache;
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find(reinterpret_cast<const void*>(fn));
-  if (it != cache.end()) return it->second;
-  int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, fn, threads, 0) != cudaSuccess || n < 1) {
-    cudaGetLastError();
-    n = 1;
-  }
-  cache.emplace(reinterpret_cast<const void*>(fn), n);
-  return n;
-}
-
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Split-K chosen from the shape and the device: at least one full wave of resident CTAs (every
-// SM streams weights), then the split in [s_min, 2 s_min] with the least wave quantization,
-// charging each split for its pipeline fill (~2 blocks) and the partials it writes and reads back.
-int AutoSplit(int64_t base_ctas, int64_t k_blocks, int64_t resident_ctas, int64_t out_elems,
-              int64_t weight_bytes, int64_t max_split) {
-  const int64_t s_min = std::max<int64_t>(1, CeilDiv(resident_ctas, base_ctas));
-  const int64_t s_max = std::min<int64_t>({max_split, 2 * s_min + 1, std::max<int64_t>(1, k_blocks / 4)});
-  int64_t best = std::min(s_min, std::max<int64_t>(1, s_max));
-  double best_cost = 1e300;
-  for (int64_t s = 1; s <= s_max; ++s) {
-    const double waves = double(base_ctas * s) / double(resident_ctas);
-    const double quant = waves < 1.0 ? 1.0 / waves : std::ceil(waves) / waves;
-    double cost = quant * (1.0 + 2.0 * double(s) / double(k_blocks));
-    if (s > 1) cost += double(out_elems) * 8.0 * double(s) / double(weight_bytes) + 0.02;
-    if (cost < best_cost * 0.995) {
-      best_cost = cost;
-      best = s;
-    }
-  }
-  return static_cast<int>(best);
+// Raises a kernel's dynamic shared-memory limit once (a host-side attribute, legal during capture).
+cudaError_t AllowSmem(KernelFn fn, int bytes) {
+  static std::mutex mu;
+  static std::unordered_set<const void*> done;
+  std::lock_guard<std::mutex> lock(mu);
+  const void* key = reinterpret_cast<const void*>(fn);
+  if (done.count(key)) return cudaSuccess;
+  cudaError_t e = cudaFuncSetAttribute(key, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (e == cudaSuccess) done.insert(key);
+  return e;
 }
 
 }  // namespace
@@ -92,36 +54,38 @@ ffi::Error LinearCuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer data
   }
   if (ws->element_type() != ffi::DataType::F32) return BadArg("workspace must be float32");
 
-  int dev = 0, cc_major = 0, sms = 0;
+  int dev = 0, cc_major = 0, sms = 0, smem_optin = 0;
   if (auto e = cudaGetDevice(&dev); e != cudaSuccess) return CudaError(e, "cudaGetDevice");
-  if (auto e = cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, dev);
-      e != cudaSuccess)
+  if (auto e = cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, dev); e != cudaSuccess)
     return CudaError(e, "cudaDeviceGetAttribute");
-  if (cc_major < 8)
+  if (cc_major < 9)
     return ffi::Error(ffi::ErrorCode::kUnimplemented,
-                      "jax_fpx_linear: the CUDA kernel needs compute capability >= 8.0 (Ampere); "
-                      "this GPU is sm_" + std::to_string(cc_major) + "x. Use impl='xla'.");
+                      "jax_fpx_linear: the CUDA kernel needs a Hopper GPU (sm_90); this GPU is sm_" +
+                          std::to_string(cc_major) + "x: use impl='xla' (impl='auto' does)");
   if (auto e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev); e != cudaSuccess)
+    return CudaError(e, "cudaDeviceGetAttribute");
+  if (auto e = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+      e != cudaSuccess)
     return CudaError(e, "cudaDeviceGetAttribute");
 
   FpxKernels kernels;
   if (!FindKernels(pr.ebits, pr.mbits, pr.fp16, &kernels))
     return ffi::Error(ffi::ErrorCode::kUnimplemented,
-                      "jax_fpx_linear: no CUDA kernel is compiled for format e" +
-                          std::to_string(pr.ebits) + "m" + std::to_string(pr.mbits) +
-                          " (built: e3m2, e2m3, e2m2, e2m1); use impl='xla'");
+                      "jax_fpx_linear: no CUDA kernel is compiled for format e" + std::to_string(pr.ebits) +
+                          "m" + std::to_string(pr.mbits) + " (jax_fpx._jax_fpx.kernel_formats() lists them); "
+                          "use impl='xla'");
   if (pr.m == 0 || pr.n == 0 || pr.batch == 0) return ffi::Error::Success();
 
   // Batches: a shared weight folds the x batch into the rows.
   const bool folded = pr.batch_w == 1;
+  const int64_t rows = folded ? pr.batch_x * pr.m : pr.m;
+  if (!folded && rows > kMaxKernelRows)
+    return BadArg("stacked weights with more than " + std::to_string(kMaxKernelRows) +
+                  " rows per item: use impl='xla'");
   GemmParams p{};
-  p.x = static_cast<const uint16_t*>(x.untyped_data());
   p.data = static_cast<const uint32_t*>(data.untyped_data());
-  p.scale = static_cast<const float*>(scale.untyped_data());
+  p.scale = scale.untyped_data();
   p.bias = pr.has_bias ? static_cast<const float*>(bias.untyped_data()) : nullptr;
-  p.y = static_cast<uint16_t*>(y->untyped_data());
-  p.ws = static_cast<float*>(ws->untyped_data());
-  p.m = folded ? pr.batch_x * pr.m : pr.m;
   p.k = pr.k;
   p.n = pr.n;
   p.n_pad = pr.n_pad;
@@ -134,64 +98,48 @@ ffi::Error LinearCuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer data
   p.x_batched = !folded && pr.batch_x > 1;
   p.w_batched = !folded;
   p.bias_mode = !pr.has_bias ? 0 : !pr.bias_batched ? 1 : folded ? 3 : 2;
-  p.x_vec = (pr.k % 8 == 0) && (reinterpret_cast<uintptr_t>(p.x) % 16 == 0);
+  p.scale_bf16 = pr.scale_bf16;
   p.fold = kernels.fold;
+  p.tiles_per_item = CeilDiv(pr.row_tiles, kWarps);
+  p.tiles = p.tiles_per_item * p.batch;
+  p.iters = CeilDiv(pr.k_blocks, kStageBlocks);
+  p.total = p.tiles * p.iters;
 
-  // Kernel: the warp kernel up to 16 rows (decode), the shared-memory tiled kernel above
-  // (needs 16-byte aligned activation rows). JAX_FPX_GEMM_KERNEL=warp|tiled forces one (for
-  // benchmarks; the tiled one only where its alignment holds).
-  const char* force = std::getenv("JAX_FPX_GEMM_KERNEL");
-  bool tiled = p.m > 16;
-  if (force && std::strcmp(force, "warp") == 0) tiled = false;
-  if (force && std::strcmp(force, "tiled") == 0) tiled = true;
-  tiled = tiled && p.x_vec;
-  const int mt_idx = p.m <= 8 ? 0 : 1;  // M > 16 here only for unaligned rows
-  const bool grouped = pr.group_blocks < pr.k_blocks;
-  KernelFn gemm = tiled ? kernels.gemm_tiled[grouped] : kernels.gemm[mt_idx];
-  const int threads = tiled ? kTileThreads : kThreads;
-  const int64_t m_tiles = CeilDiv(p.m, tiled ? kTileTokens : 8 * kTokenTiles[mt_idx]);
-  const int64_t row_ctas = CeilDiv(pr.row_tiles, tiled ? kTileWarps : kWarpsPerCta);
-  // Grid x: the warp kernel walks row tiles (one weight stream per warp); the tiled kernel walks
-  // token tiles first, so CTAs sharing a weight block run side by side (L2 reuse).
-  const int64_t gx = tiled ? m_tiles : row_ctas, gy = tiled ? row_ctas : m_tiles;
-  if (gy > 65535 || gx > 2147483647LL) return BadArg("too many rows for one launch");
-
-  const int64_t out_elems = int64_t(p.batch) * p.m * p.n_pad;
-  const int64_t ws_fit = static_cast<int64_t>(ws->element_count()) / std::max<int64_t>(1, out_elems);
-  const int64_t max_split = std::min<int64_t>({pr.k_blocks, ws_fit, 65535 / p.batch, 64});
-  int split = 1;
-  if (pr.split_k > 0) {
-    if (pr.split_k > pr.k_blocks)
-      return BadArg("split_k=" + std::to_string(pr.split_k) + " exceeds the " +
-                    std::to_string(pr.k_blocks) + " k-blocks");
-    if (pr.split_k > 1 && pr.split_k > ws_fit)
-      return BadArg("split_k=" + std::to_string(pr.split_k) + " does not fit the workspace (" +
-                    std::to_string(ws->element_count()) + " floats; needs split*M*N_pad)");
-    if (int64_t(pr.split_k) * p.batch > 65535) return BadArg("split_k * batch too large");
-    split = pr.split_k;
-  } else if (max_split > 1) {
-    const int64_t resident = int64_t(ResidentCtas(gemm, threads)) * sms;
-    const int64_t weight_bytes = int64_t(p.batch) * pr.row_tiles * pr.k_blocks * 128 * pr.bits;
-    split = AutoSplit(gx * gy * p.batch, pr.k_blocks, resident, out_elems, weight_bytes,
-                      max_split);
-  }
-  if (int64_t(split) * p.batch > 65535) return BadArg("batch too large for one launch");
-  p.split = split;
-
-  const dim3 grid(static_cast<unsigned>(gx), static_cast<unsigned>(gy),
-                  static_cast<unsigned>(p.batch * split));
-  void* args[] = {&p};
-  if (auto e = cudaLaunchKernel(reinterpret_cast<const void*>(gemm), grid, dim3(threads), args, 0,
-                                stream);
-      e != cudaSuccess)
-    return CudaError(e, "GEMM kernel launch");
-  if (split > 1) {
-    const int64_t total = int64_t(p.batch) * p.m * p.n;
-    const int64_t blocks = std::min<int64_t>(CeilDiv(total, 256), int64_t(sms) * 16);
-    if (auto e = cudaLaunchKernel(reinterpret_cast<const void*>(kernels.reduce),
-                                  dim3(static_cast<unsigned>(blocks)), dim3(256), args, 0, stream);
+  const auto* xs = static_cast<const uint16_t*>(x.untyped_data());
+  auto* ys = static_cast<uint16_t*>(y->untyped_data());
+  auto* wsp = static_cast<float*>(ws->untyped_data());
+  const int64_t ws_elems = static_cast<int64_t>(ws->element_count());
+  if (p.bias_mode == 3 && rows > kMaxKernelRows)
+    return BadArg("a per-item bias with more than " + std::to_string(kMaxKernelRows) + " folded rows: use impl='xla'");
+  // More than kMaxKernelRows folded rows (impl='kernel' at large M): one launch per chunk.
+  for (int64_t r0 = 0; r0 < rows; r0 += kMaxKernelRows) {
+    const int64_t m = std::min<int64_t>(kMaxKernelRows, rows - r0);
+    int ti = 0;
+    while (8 * kTokenTiles[ti] < m) ++ti;
+    const KernelFn gemm = kernels.gemm[ti];
+    const int64_t per_cta = int64_t(kWarps) * (1 + kTokenTiles[ti] * 4 * 32);
+    const int64_t ctas = std::min<int64_t>({int64_t(sms), p.total, (ws_elems - 32) / per_cta});
+    if (ctas < 1) return BadArg("workspace too small");
+    const int stages = static_cast<int>(
+        std::min<int64_t>(8, (int64_t(smem_optin) - kBarBytes) / kernels.stage_bytes[ti]));
+    if (stages < 2) return BadArg("not enough shared memory for the kernel's ring");
+    const int smem = kBarBytes + stages * int(kernels.stage_bytes[ti]);
+    p.x = xs + r0 * pr.k;
+    p.y = ys + r0 * pr.n;
+    p.m = m;
+    p.x_bulk = (pr.k % 8 == 0) && (reinterpret_cast<uintptr_t>(p.x) % 16 == 0);
+    p.ctas = static_cast<int>(ctas);
+    p.stages = stages;
+    p.flags = reinterpret_cast<int*>(wsp);
+    p.partial = wsp + CeilDiv(ctas * kWarps, 32) * 32;
+    if (auto e = AllowSmem(gemm, smem); e != cudaSuccess) return CudaError(e, "cudaFuncSetAttribute");
+    if (auto e = cudaMemsetAsync(p.flags, 0, sizeof(int) * ctas * kWarps, stream); e != cudaSuccess)
+      return CudaError(e, "flag reset");
+    void* args[] = {&p};
+    if (auto e = cudaLaunchKernel(reinterpret_cast<const void*>(gemm), dim3(unsigned(ctas)), dim3(kThreads), args,
+                                  smem, stream);
         e != cudaSuccess)
-      return CudaError(e, "split-K reduction launch");
+      return CudaError(e, "GEMM kernel launch");
   }
   return ffi::Error::Success();
 }

@@ -1,4 +1,4 @@
-// Launch parameters shared by the GEMM kernel, the split-K reduction and the host handler.
+// Launch parameters shared by the decode GEMM kernel and its host handler.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -9,33 +9,40 @@
 namespace jax_fpx {
 namespace cuda {
 
-constexpr int kWarpsPerCta = 4;  // each warp owns one 16-row tile
-constexpr int kThreads = kWarpsPerCta * 32;
-// The tiled kernel (gemm_tiled.cuh): a CTA is kTileWarps x 16 rows by kTileTokens tokens.
-constexpr int kTileTokens = 64;
-constexpr int kTileWarps = 8;
-constexpr int kTileThreads = kTileWarps * 32;
+// The decode kernel (gemm_decode.cuh): a CTA is kWarps consumer warps (one 16-row tile each, so a
+// work tile is 16*kWarps rows) plus one producer warp that feeds a shared-memory ring.
+constexpr int kWarps = 8;
+constexpr int kThreads = (kWarps + 1) * 32;
+constexpr int kStageBlocks = 2;  // 64-k blocks per ring stage (128 k)
+constexpr int kXPad = 8;         // bf16 elements of padding per staged activation row (banks)
+constexpr int kBarBytes = 128;   // shared memory for the mbarriers, before the stages (<= 8 stages)
 
 struct GemmParams {
   const uint16_t* x;       // [batch_x][m][k] (batch folded into m when the weight is shared)
-  const uint32_t* data;    // [batch_w][row_tiles][k_blocks][32*bits]
-  const float* scale;      // [batch_w][n_pad][groups]
+  const uint32_t* data;    // [batch_w][row_tiles][k_blocks][bits][32]
+  const void* scale;       // [batch_w][n_pad][groups], f32 per channel / bf16 per group
   const float* bias;       // [n] or [batch][n] or null
   uint16_t* y;             // [batch][m][n]
-  float* ws;               // [batch][split][m][n_pad] when split > 1
+  float* partial;          // [ctas][kWarps][MT*4][32] stream-K partial sums
+  int* flags;              // [ctas][kWarps], zeroed before the launch
   int64_t m, k, n, n_pad;  // m: rows per grid batch item (folded rows when batched x, shared w)
   int64_t row_tiles, k_blocks, groups, group_blocks;
   int64_t m_item;          // rows per bias item in the folded case (bias index = row / m_item)
-  int batch;               // grid batch items (1 when folded)
-  int split;               // K splits
-  int x_batched;           // x differs per grid batch item
-  int w_batched;           // weights differ per grid batch item
-  int bias_mode;           // 0 none, 1 shared, 2 per grid batch item, 3 per folded row / m_item
-  int x_vec;               // x rows are 16-byte aligned (k % 8 == 0)
-  float fold;              // extra power-of-two factor (f16 exponent-bias fix)
+  int batch;               // weight batch items (1 when folded)
+  int x_batched;           // x differs per batch item
+  int w_batched;           // weights differ per batch item
+  int bias_mode;           // 0 none, 1 shared, 2 per batch item, 3 per folded row / m_item
+  int x_bulk;              // x rows are 16-byte aligned (k % 8 == 0): bulk-copied
+  int scale_bf16;          // per-group bf16 scales (else per-channel f32)
+  float fold;              // power-of-two factor of the f16 placement
+  // Stream-K schedule: `tiles` work tiles (batch x row groups of 16*kWarps rows), each `iters`
+  // ring stages long, split into `ctas` contiguous ranges of the tile-major iteration space.
+  int64_t tiles_per_item, tiles, iters, total;
+  int ctas;
+  int stages;              // ring depth
 };
 
-__device__ __forceinline__ float BiasAt(const GemmParams& p, int b, int64_t row, int64_t col) {
+__device__ __forceinline__ float BiasAt(const GemmParams& p, int64_t b, int64_t row, int64_t col) {
   switch (p.bias_mode) {
     case 1: return p.bias[col];
     case 2: return p.bias[b * p.n + col];

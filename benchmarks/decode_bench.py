@@ -1,0 +1,174 @@
+"""Decode-GEMM benchmark (issue 14): dependent GEMM chains, weights streamed from HBM.
+
+Each method runs a chain of L GEMMs with L distinct weight matrices of one shape, every GEMM
+consuming the previous output (resized to K by tiling: an M x K elementwise op), so the timing
+contains no independent-GEMM overlap and no L2-resident weights. Methods, in one process:
+XLA bf16 ``jnp.dot``, cuBLAS fp16/bf16 through torch (CUDA graph), jax_fpx per format. Per GEMM:
+us, ratio vs XLA bf16, weight GB/s and % of the measured read floor.
+
+    python benchmarks/decode_bench.py --out results.json [--shapes all|big] [--ms 1,4,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+
+import jax
+import jax.numpy as jnp
+
+import jax_fpx
+
+SHAPES = {
+    "llama70b_mlp_up": (8192, 28672),
+    "llama70b_mlp_down": (28672, 8192),
+    "llama70b_qkv": (8192, 10240),
+    "llama70b_o": (8192, 8192),
+    "llama8b_mlp_up": (4096, 14336),
+    "llama8b_mlp_down": (14336, 4096),
+    "odd_1000x3000": (1000, 3000),
+    "minilm_ffn": (384, 1536),
+}
+READ_FLOOR_GBPS = 4293.0  # H200 read bandwidth measured (kernel-study.md)
+
+
+def _resize(y, k):
+    reps = -(-k // y.shape[-1])
+    return jnp.tile(y, (1, reps))[:, :k] if reps > 1 else y[:, :k]
+
+
+def _chain_len(weight_bytes: int) -> int:
+    return int(min(64, max(4, (2 << 30) // max(weight_bytes, 1))))
+
+
+def _time(fn, args, reps: int) -> float:
+    out = fn(*args)
+    jax.block_until_ready(out)
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def bench_jax(make_weights, gemm, m, k, n, dtype, reps, key):
+    ws, nbytes = make_weights()
+    length = len(ws)
+
+    @jax.jit
+    def chain(x, ws):
+        y = x
+        for w in ws:
+            y = gemm(_resize(y, k), w)
+        return y
+
+    x = jax.random.normal(key, (m, k), jnp.float32).astype(dtype)
+    t = _time(chain, (x, ws), reps)
+    return t / length * 1e6, nbytes
+
+
+def bench_torch(m, k, n, reps, dtype_name):
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    dt = getattr(torch, dtype_name)
+    nbytes = k * n * 2
+    length = _chain_len(nbytes)
+    ws = [torch.randn(k, n, device="cuda", dtype=dt) * 0.02 for _ in range(length)]
+    x = torch.randn(m, k, device="cuda", dtype=dt)
+
+    def chain():
+        y = x
+        for w in ws:
+            reps_ = -(-k // y.shape[-1])
+            y = (y.repeat(1, reps_)[:, :k] if reps_ > 1 else y[:, :k]) @ w
+        return y
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            chain()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        chain()
+    g.replay()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) * 1e3)
+    del ws, g
+    torch.cuda.empty_cache()
+    return float(np.median(ts)) / length, nbytes
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--shapes", default="all")
+    ap.add_argument("--ms", default="1,2,4,8,16,32,64")
+    ap.add_argument("--fmts", default="fp6_e3m2,fp6_e2m3,fp5_e2m2,fp4_e2m1")
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--impl", default="auto")
+    ap.add_argument("--no-torch", action="store_true")
+    args = ap.parse_args()
+    names = list(SHAPES) if args.shapes == "all" else args.shapes.split(",")
+    ms = [int(v) for v in args.ms.split(",")]
+    fmts = [f for f in args.fmts.split(",") if f]
+    dev = jax.devices()[0]
+    rows = []
+    key = jax.random.key(0)
+    for name in names:
+        k, n = SHAPES[name]
+        # weights made once per shape and format, reused across M
+        bf_len = _chain_len(k * n * 2)
+        wkeys = jax.random.split(key, 64)
+        bf16_ws = [(jax.random.normal(wkeys[i], (k, n), jnp.float32) * 0.02).astype(jnp.bfloat16) for i in range(bf_len)]
+        fp_ws = {}
+        for f in fmts:
+            length = _chain_len(k * n * 6 // 8)
+            fp_ws[f] = [jax_fpx.quantize(bf16_ws[i % bf_len], f) for i in range(length)]
+        for m in ms:
+            res = {}
+            t, nb = bench_jax(lambda: (bf16_ws, k * n * 2), jnp.dot, m, k, n, jnp.bfloat16, args.reps, key)
+            res["xla_bf16"] = (t, nb)
+            if not args.no_torch:
+                for tn in ("float16",):
+                    r = bench_torch(m, k, n, args.reps, tn)
+                    if r:
+                        res[f"cublas_{tn}"] = r
+            for f in fmts:
+                ws = fp_ws[f]
+                nbytes = ws[0].nbytes
+                t, _ = bench_jax(lambda: (ws, nbytes), lambda x, w: jax_fpx.linear(x, w, impl=args.impl), m, k, n,
+                                 jnp.bfloat16, args.reps, key)
+                res[f] = (t, nbytes)
+            base = res["xla_bf16"][0]
+            for meth, (t, nb) in res.items():
+                gbps = nb / (t * 1e-6) / 1e9
+                rows.append(dict(shape=name, method=meth, M=m, K=k, N=n, us=round(t, 2),
+                                 ratio_vs_xla_bf16=round(base / t, 3), weight_GBps=round(gbps, 1),
+                                 pct_read_floor=round(100 * gbps / READ_FLOOR_GBPS, 1),
+                                 device=dev.device_kind, jax_version=jax.__version__))
+            line = " ".join(f"{meth}={t:.1f}us({base / t:.2f}x)" for meth, (t, _) in res.items())
+            print(f"{name} M={m}: {line}", flush=True)
+        del bf16_ws, fp_ws
+    with open(args.out, "w") as fh:
+        json.dump({"about": __doc__.splitlines()[0], "read_floor_GBps": READ_FLOOR_GBPS, "rows": rows}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
