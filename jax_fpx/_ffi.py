@@ -1,13 +1,21 @@
-"""Loads the compiled ``_jax_fpx`` module and registers its FFI targets with JAX (once, lazily)."""
+"""Loads the compiled ``_jax_fpx`` module, registers its FFI targets with JAX (once, lazily) and
+reads the facts it exports: the formats each platform's kernels support and the layout version
+its handlers read (one source: ``csrc/ffi_module.cc``)."""
 
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 
+from . import layout
+
 TARGET = "jax_fpx_linear"  # the custom-call target name (for jax.export's disabled_checks docs)
 DEQUANTIZE_TARGET = "jax_fpx_dequantize"  # CUDA only: packed -> dense [N, K] for the large-M path
+
+# Only for extensions built before ``kernel_formats()`` was exported: what they compiled.
+_LEGACY_KERNEL_FORMATS = {"cpu": None, "cuda": ((3, 2), (2, 3), (2, 2), (2, 1))}
 
 
 @functools.cache
@@ -19,21 +27,62 @@ def _module():
             "jax_fpx's compiled extension is missing: install the package with "
             "`pip install -e .` (it builds with CMake + nanobind)"
         ) from err
+    version = _jax_fpx.layout_version
+    version = version() if callable(version) else version
+    if int(version) != layout.LAYOUT_VERSION:
+        raise ImportError(
+            f"jax_fpx's compiled extension reads packed layout v{version} but the Python package writes "
+            f"v{layout.LAYOUT_VERSION}: rebuild it (`pip install --no-build-isolation -e .`)"
+        )
     return _jax_fpx
+
+
+def _gpu_present() -> bool:
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False
 
 
 @functools.cache
 def register() -> bool:
-    """Register the CPU (and, if built, CUDA) handlers. Returns whether CUDA is available."""
+    """Register the CPU (and, if built, CUDA) handlers. Returns whether the CUDA handler exists.
+
+    A process that sees a GPU but whose extension has no CUDA handler (built where ``nvcc`` was
+    not found) gets one ``RuntimeWarning``: on the GPU ``linear`` then runs dequantize + XLA dot,
+    ``impl="kernel"`` included."""
     regs = _module().registrations()
     jax.ffi.register_ffi_target(TARGET, regs["jax_fpx_linear_cpu"], platform="cpu")
     cuda = "jax_fpx_linear_cuda" in regs
     if cuda:
         jax.ffi.register_ffi_target(TARGET, regs["jax_fpx_linear_cuda"], platform="CUDA")
         jax.ffi.register_ffi_target(DEQUANTIZE_TARGET, regs["jax_fpx_dequantize_cuda"], platform="CUDA")
+    elif _gpu_present():
+        warnings.warn(
+            "jax_fpx: JAX sees a GPU but jax_fpx's extension was built without the CUDA handler (nvcc was "
+            "not found at build time), so jax_fpx.linear runs dequantize + XLA dot on the GPU, also for "
+            "impl='kernel'. Rebuild with nvcc on PATH against this jaxlib: pip install --no-build-isolation -e .",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return cuda
 
 
 def cuda_built() -> bool:
     """Whether the extension was compiled with the CUDA kernel."""
     return bool(_module().cuda_enabled())
+
+
+@functools.cache
+def kernel_formats(platform: str) -> frozenset | None:
+    """``(ebits, mbits)`` pairs with a compiled ``jax_fpx_linear`` kernel on ``platform``
+    (``"cpu"``/``"cuda"``), from the extension's ``kernel_formats()``; ``None`` = every format;
+    empty when the platform has no handler."""
+    mod = _module()
+    if hasattr(mod, "kernel_formats"):
+        table = mod.kernel_formats()
+        return frozenset(tuple(int(v) for v in f) for f in table[platform]) if platform in table else frozenset()
+    if platform == "cuda" and not cuda_built():
+        return frozenset()
+    legacy = _LEGACY_KERNEL_FORMATS[platform]
+    return None if legacy is None else frozenset(legacy)

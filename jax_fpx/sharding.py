@@ -25,49 +25,29 @@ Two ways to use it:
 
 * nothing: a plain ``jax_fpx.linear`` under ``jax.jit`` with sharded operands (e.g. params
   placed with :func:`shard_weight`, Flax partitioning) is partitioned by the op itself
-  (``jax.experimental.custom_partitioning`` with a Shardy sharding rule -- Shardy is JAX's
-  default partitioner since 0.7 -- and a GSPMD ``infer_sharding_from_operands`` for
-  ``jax_use_shardy_partitioner=False``). It follows the weights: N split over the axis on
-  ``data`` axis 0, K over the axis on ``data`` axis 1 (partials all-reduced in float32), M
-  over the axis on x's axis 0; a split that breaks a tile/block/group is dropped
-  (replicated) instead. Set ``jax_fpx.sharding.AUTO_PARTITION = False`` to turn it off
-  (then XLA gathers the operands of the custom call). Note: ``jax.export`` of a *multi-
-  device* function containing it cannot be serialized (the partitioner callback lives in
-  this process); export single-device functions or use :func:`sharded_linear`.
+  (:mod:`jax_fpx.partitioning`). Set ``jax_fpx.sharding.AUTO_PARTITION = False`` (the same flag
+  as ``jax_fpx.partitioning.AUTO_PARTITION``) to turn it off (then XLA gathers the operands of
+  the custom call). Note: ``jax.export`` of a *multi-device* function containing it cannot be
+  serialized (the partitioner callback lives in this process); export single-device functions
+  or use :func:`sharded_linear`.
 """
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import Optional
-
-import functools
-from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
-from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from . import kernel_call, layout
-from .ops import linear
+from . import autodiff, partitioning, validation
+from .linear_spec import LinearSpec
+from .partitioning import axis_size as _axis_size
 from .weight import FPxWeight
 
-# Partition plain ``jax_fpx.linear`` calls under sharding (custom_partitioning); read at trace time.
-AUTO_PARTITION = True
-
-__all__ = ["sharded_linear", "shard_weight", "weight_sharding", "weight_specs", "check_shardable"]
-
-
-def _axis_size(mesh: Mesh, axis) -> int:
-    if axis is None:
-        return 1
-    names = axis if isinstance(axis, tuple) else (axis,)
-    size = 1
-    for a in names:
-        if a not in mesh.shape:
-            raise ValueError(f"mesh has no axis {a!r} (axes: {tuple(mesh.shape)})")
-        size *= mesh.shape[a]
-    return size
+__all__ = ["sharded_linear", "shard_weight", "weight_sharding", "weight_specs", "check_shardable", "AUTO_PARTITION"]
 
 
 def check_shardable(w: FPxWeight, mesh: Mesh, in_axis=None, out_axis=None) -> None:
@@ -77,24 +57,7 @@ def check_shardable(w: FPxWeight, mesh: Mesh, in_axis=None, out_axis=None) -> No
         raise TypeError(f"expected an FPxWeight, got {type(w).__name__}")
     if w.batch_shape:
         raise ValueError(f"{w} is a stack; shard one layer (or map over the stack)")
-    k, n = w.shape
-    n_pad, k_pad = w.padded_shape
-    p_out, p_in = _axis_size(mesh, out_axis), _axis_size(mesh, in_axis)
-    if p_out > 1 and (n_pad != n or (n_pad // layout.ROW_TILE) % p_out):
-        raise ValueError(
-            f"column-parallel {w} over {p_out} devices ({out_axis!r}): out_features={n} must be a "
-            f"multiple of {layout.ROW_TILE} x {p_out} = {layout.ROW_TILE * p_out} (whole 16-row tiles "
-            "per shard); pad out_features or use fewer shards"
-        )
-    if p_in > 1:
-        kmult = layout.K_BLOCK if w.group_size is None else max(layout.K_BLOCK, w.group_size)
-        if k_pad != k or (k // kmult) % p_in:
-            what = "64-wide k blocks" if w.group_size is None else f"k blocks and scale groups of {w.group_size}"
-            raise ValueError(
-                f"row-parallel {w} over {p_in} devices ({in_axis!r}): in_features={k} must be a "
-                f"multiple of {kmult} x {p_in} = {kmult * p_in} (whole {what} per shard); pad "
-                "in_features or use fewer shards"
-            )
+    partitioning.check_shardable(LinearSpec(w.fmt, w.shape, w.group_size), mesh, in_axis, out_axis, what=repr(w))
 
 
 def weight_specs(w: FPxWeight, in_axis=None, out_axis=None) -> FPxWeight:
@@ -147,13 +110,13 @@ def sharded_linear(
     So results match the unsharded op to a few ``x.dtype`` rounding steps, not bit-exactly.
     """
     check_shardable(w, mesh, in_axis, out_axis)
-    if x.ndim < 2:
+    validation.check_call_options(impl, split_k, LinearSpec(w.fmt, w.shape, w.group_size).k_blocks)
+    if not hasattr(x, "ndim") or x.ndim < 2:
         raise ValueError(f"sharded_linear expects x of shape (M, ..., in_features), got {x.shape}")
     p_batch = _axis_size(mesh, batch_axis)
     if x.shape[0] % p_batch:
         raise ValueError(f"data parallel over {p_batch} devices ({batch_axis!r}) needs M={x.shape[0]} divisible by {p_batch}")
-    if x.shape[-1] != w.in_features:
-        raise ValueError(f"x has {x.shape[-1]} features but w expects in_features={w.in_features}")
+    x = validation.check_activations(x, w.in_features, where="sharded_linear")
     k, n = w.shape
     k_loc, n_loc = k // _axis_size(mesh, in_axis), n // _axis_size(mesh, out_axis)
     mid = (None,) * (x.ndim - 2)
@@ -161,24 +124,23 @@ def sharded_linear(
     y_spec = P(batch_axis, *mid, out_axis)
     wspec = weight_specs(w, in_axis, out_axis)
     has_bias = bias is not None
-    if has_bias:
-        bias = jnp.asarray(bias)
-        if bias.shape != (n,):
-            raise ValueError(f"bias must have shape ({n},), got {bias.shape}")
-    else:
-        bias = jnp.zeros((0,), jnp.float32)
+    bias = validation.check_bias(bias, n) if has_bias else jnp.zeros((0,), jnp.float32)
     b_spec = P(out_axis) if has_bias else P(None)
-    fmt, group = w.fmt, w.group_size
+    local_spec = LinearSpec(w.fmt, (k_loc, n_loc), w.group_size, impl, split_k)
 
     def local(xl, data, scale, bl):
-        wl = FPxWeight(data, scale, fmt, (k_loc, n_loc), group)
+        lead = xl.shape[:-1]
+        x2 = xl.reshape(-1, k_loc)
+        if x2.shape[0] == 0:
+            return jnp.zeros((*lead, n_loc), xl.dtype)
         if in_axis is None:
-            return linear(xl, wl, bl if has_bias else None, impl=impl, split_k=split_k)
-        part = linear(xl, wl, None, impl=impl, split_k=split_k).astype(jnp.float32)
-        y = jax.lax.psum(part, in_axis)
-        if has_bias:
-            y = y + bl.astype(jnp.float32)
-        return y.astype(xl.dtype)
+            y = autodiff.linear(x2, data, scale, bl if has_bias else None, local_spec)
+        else:  # row parallel: float32 partial sums, reduced, then the bias once
+            y = jax.lax.psum(autodiff.linear(x2, data, scale, None, local_spec).astype(jnp.float32), in_axis)
+            if has_bias:
+                y = y + bl.astype(jnp.float32)
+            y = y.astype(xl.dtype)
+        return y.reshape(*lead, n_loc)
 
     args = (x, w.data, w.scale, bias)
     specs = (x_spec, wspec.data, wspec.scale, b_spec)
@@ -195,160 +157,16 @@ def sharded_linear(
     return fn(*args)
 
 
-# --- automatic partitioning of the plain op (custom_partitioning + Shardy rule) ----------------
-def linear_2d(x2, data, scale, bias, meta):
-    """ops' 2-D entry: ``(M, K) x packed -> (M, N)``; partitionable when AUTO_PARTITION."""
-    if not AUTO_PARTITION:
-        return kernel_call.dispatch_2d(x2, data, scale, bias, meta)
-    fn = _partitioned(meta, bias is not None)
-    args = (x2, data, scale) if bias is None else (x2, data, scale, bias.astype(jnp.float32))
-    return fn(*args)
+class _ShardingModule(types.ModuleType):
+    """``jax_fpx.sharding.AUTO_PARTITION`` reads and sets ``jax_fpx.partitioning.AUTO_PARTITION``."""
+
+    @property
+    def AUTO_PARTITION(self) -> bool:  # noqa: N802
+        return partitioning.AUTO_PARTITION
+
+    @AUTO_PARTITION.setter
+    def AUTO_PARTITION(self, value: bool) -> None:  # noqa: N802
+        partitioning.AUTO_PARTITION = bool(value)
 
 
-def _sdy_rule(meta, has_bias):
-    """Einsum-like Shardy rule tying the packed dims to the logical ones where they align."""
-    _, (k, n), group, _, _ = meta
-    n_pad, k_pad = layout.padded_shape(k, n, group)
-    sizes, reduction, replicate = {}, [], ["w"]
-    if n == n_pad:  # N = nt * 16: y/bias/scale rows shard with the data's row tiles
-        yn, dn, sn = "(nt r)", "nt", "(nt r)"
-        sizes["r"] = layout.ROW_TILE
-        replicate.append("r")
-    else:
-        yn, dn, sn = "n", "nt", "np"
-        replicate += ["n", "nt", "np"]
-    if k == k_pad:  # K = blocks * 64 (groups of gb blocks)
-        sizes["c"] = layout.K_BLOCK
-        replicate.append("c")
-        gb = 1 if group is None else group // layout.K_BLOCK
-        if group is None:
-            xk, dk, sk = "(kb c)", "kb", "s"
-            reduction.append("kb")
-            replicate.append("s")
-        elif gb == 1:
-            xk, dk, sk = "(kg c)", "kg", "kg"
-            reduction.append("kg")
-        else:
-            xk, dk, sk = "(kg gb c)", "(kg gb)", "kg"
-            sizes["gb"] = gb
-            reduction.append("kg")
-            replicate.append("gb")
-    else:
-        xk, dk, sk = "k", "kb", "s"
-        replicate += ["k", "kb", "s"]
-    operands = [f"m {xk}", f"{dn} {dk} w", f"{sn} {sk}"] + ([yn] if has_bias else [])
-    rule = ", ".join(operands) + f" -> m {yn}"
-    # Shardy wants special factors listed in factor-index order (order of first appearance)
-    order = list(dict.fromkeys(rule.replace("(", " ").replace(")", " ").replace(",", " ").split()))
-    ordered = lambda fs: tuple(sorted(set(fs), key=order.index))  # noqa: E731
-    return rule, dict(reduction_factors=ordered(reduction), need_replication_factors=ordered(replicate), **sizes)
-
-
-def _spec(sharding, ndim):
-    spec = sharding if isinstance(sharding, P) else getattr(sharding, "spec", ())
-    spec = tuple(spec or ())
-    return spec + (None,) * (ndim - len(spec))
-
-
-def _axes(entry) -> tuple:
-    if entry is None:
-        return ()
-    return tuple(entry) if isinstance(entry, (tuple, list)) else (entry,)
-
-
-def _decide(meta, mesh, arg_shapes):
-    """(batch_axis, in_axis, out_axis) this call can run with, from the operand shardings."""
-    fmt, shape, group, _, _ = meta
-    w = FPxWeight(arg_shapes[1], arg_shapes[2], fmt, shape, group)
-    xs, ds = _spec(arg_shapes[0].sharding, 2), _spec(arg_shapes[1].sharding, 3)
-    out_axis, in_axis = ds[0], ds[1]
-
-    def ok(i, o):
-        try:
-            check_shardable(w, mesh, i, o)
-            return True
-        except ValueError:
-            return False
-
-    out_axis = out_axis if ok(None, out_axis) else None  # else: replicate that dim
-    in_axis = in_axis if ok(in_axis, None) else None
-    used = set(_axes(in_axis)) | set(_axes(out_axis))
-    batch_axis = xs[0]
-    if batch_axis is not None and (
-        set(_axes(batch_axis)) & used or arg_shapes[0].shape[0] % _axis_size(mesh, batch_axis)
-    ):
-        batch_axis = None
-    return batch_axis, in_axis, out_axis
-
-
-def _shardings(meta, has_bias, mesh, decided):
-    batch_axis, in_axis, out_axis = decided
-    group = meta[2]
-    ns = functools.partial(NamedSharding, mesh)
-    args = [ns(P(batch_axis, in_axis)), ns(P(out_axis, in_axis, None)), ns(P(out_axis, in_axis if group else None))]
-    if has_bias:
-        args.append(ns(P(out_axis)))
-    return ns(P(batch_axis, out_axis)), tuple(args)
-
-
-def _infer(meta, has_bias, mesh, arg_shapes, result_shape):
-    del result_shape
-    return _shardings(meta, has_bias, mesh, _decide(meta, mesh, arg_shapes))[0]
-
-
-def _partition(meta, has_bias, mesh, arg_shapes, result_shape):
-    del result_shape
-    decided = _decide(meta, mesh, arg_shapes)
-    _, in_axis, out_axis = decided
-    out_sharding, arg_shardings = _shardings(meta, has_bias, mesh, decided)
-    fmt, (k, n), group, impl, split_k = meta
-    local = (fmt, (k // _axis_size(mesh, in_axis), n // _axis_size(mesh, out_axis)), group, impl, split_k)
-
-    def lower_fn(x2, data, scale, *bias):
-        b = bias[0] if bias else None
-        if in_axis is None:
-            return kernel_call.dispatch_2d(x2, data, scale, b, local)
-        part = kernel_call.dispatch_2d(x2, data, scale, None, local).astype(jnp.float32)
-        y = jax.lax.psum(part, in_axis)
-        if b is not None:
-            y = y + b
-        return y.astype(x2.dtype)
-
-    return mesh, lower_fn, out_sharding, arg_shardings
-
-
-@functools.lru_cache(maxsize=None)
-def _partitioned(meta, has_bias):
-    def body(x2, data, scale, *bias):
-        return kernel_call.dispatch_2d(x2, data, scale, bias[0] if bias else None, meta)
-
-    fn = custom_partitioning(body)
-    rule, kw = _sdy_rule(meta, has_bias)
-    fn.def_partition(
-        partition=functools.partial(_partition, meta, has_bias),
-        infer_sharding_from_operands=functools.partial(_infer, meta, has_bias),
-        sharding_rule=rule,
-        **kw,
-    )
-    return fn
-
-
-def _linear_explicit(x, w, bias, impl, split_k):
-    """``linear`` on operands with explicit (sharding-in-types) shardings: a shard_map over
-    the axes the weights are split on (checked/dropped as in the automatic path)."""
-    xt, dt = jax.typeof(x), jax.typeof(w.data)
-    mesh = dt.sharding.mesh if not getattr(dt.sharding.mesh, "empty", True) else xt.sharding.mesh
-    xs, ds = _spec(xt.sharding, x.ndim), _spec(dt.sharding, 3)
-    x_shape = x.shape if x.ndim > 1 else (1, x.shape[0])
-    args = (  # what _decide reads of custom_partitioning's arg shapes: .shape and .sharding
-        SimpleNamespace(shape=x_shape, sharding=P(*(xs if x.ndim > 1 else (None, xs[0])))),
-        SimpleNamespace(shape=w.data.shape, sharding=P(*ds)),
-        SimpleNamespace(shape=w.scale.shape, sharding=P()),
-    )
-    meta = (w.fmt, w.shape, w.group_size, impl, split_k)
-    batch_axis, in_axis, out_axis = _decide(meta, mesh, args)
-    if x.ndim == 1:
-        return sharded_linear(x[None], w, bias, mesh=mesh, in_axis=in_axis, out_axis=out_axis, impl=impl, split_k=split_k)[0]
-    return sharded_linear(
-        x, w, bias, mesh=mesh, batch_axis=batch_axis, in_axis=in_axis, out_axis=out_axis, impl=impl, split_k=split_k
-    )
+sys.modules[__name__].__class__ = _ShardingModule

@@ -1,4 +1,4 @@
-"""The dequantize + XLA dot path (large M): the CUDA dequantize kernel and its lowering."""
+"""The dequantize + XLA dot path (impl="xla", large M): the CUDA dequantize kernel and its lowering."""
 
 import functools
 
@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 import jax_fpx
-from jax_fpx import _ffi, fallback
+from jax_fpx import _ffi, ffi_calls
+from jax_fpx.linear_spec import LinearSpec
+
+
+def dequantize_nk(w, dtype):
+    """The CUDA dequantize custom call on an FPxWeight (stacked weights: one call)."""
+    return ffi_calls.dequantize_nk(w.data, w.scale, LinearSpec(w.fmt, w.shape, w.group_size), dtype)
 
 
 def test_fallback_matches_reference():
@@ -40,7 +46,7 @@ def test_cuda_lowering_uses_the_dequantize_kernel():
 def test_gpu_dequantize_kernel_is_exact(fmt, dtype, shape, group):
     k = jax.random.normal(jax.random.key(shape[0]), shape)
     w = jax_fpx.quantize(k, fmt, group_size=group)
-    got = jax.jit(fallback.dequantize_nk, static_argnums=1)(w, dtype)
+    got = jax.jit(dequantize_nk, static_argnums=1)(w, dtype)
     want = jax_fpx.dequantize(w, jnp.float32).astype(dtype).T
     assert got.shape == (shape[1], shape[0]) and got.dtype == dtype
     np.testing.assert_array_equal(np.asarray(got).view(np.uint16), np.asarray(want).view(np.uint16))
@@ -50,6 +56,6 @@ def test_gpu_dequantize_kernel_is_exact(fmt, dtype, shape, group):
 def test_gpu_dequantize_kernel_stacked():
     k = jax.random.normal(jax.random.key(3), (3, 200, 48))
     w = jax_fpx.quantize(k, "fp6_e3m2")
-    got = jax.vmap(lambda w: fallback.dequantize_nk(w, jnp.bfloat16))(w)
+    got = jax.jit(dequantize_nk, static_argnums=1)(w, jnp.bfloat16)
     want = jnp.swapaxes(jax_fpx.dequantize(w, jnp.float32).astype(jnp.bfloat16), -1, -2)
     np.testing.assert_array_equal(np.asarray(got).view(np.uint16), np.asarray(want).view(np.uint16))
