@@ -14,9 +14,6 @@ from . import layout
 TARGET = "jax_fpx_linear"  # the custom-call target name (for jax.export's disabled_checks docs)
 DEQUANTIZE_TARGET = "jax_fpx_dequantize"  # CUDA only: packed -> dense [N, K] for the large-M path
 
-# Only for extensions built before ``kernel_formats()`` was exported: what they compiled.
-_LEGACY_KERNEL_FORMATS = {"cpu": None, "cuda": ((3, 2), (2, 3), (2, 2), (2, 1))}
-
 
 @functools.cache
 def _module():
@@ -27,9 +24,8 @@ def _module():
             "jax_fpx's compiled extension is missing: install the package with "
             "`pip install -e .` (it builds with CMake + nanobind)"
         ) from err
-    version = _jax_fpx.layout_version
-    version = version() if callable(version) else version
-    if int(version) != layout.LAYOUT_VERSION:
+    version = _jax_fpx.layout_version()
+    if version != layout.LAYOUT_VERSION:
         raise ImportError(
             f"jax_fpx's compiled extension reads packed layout v{version} but the Python package writes "
             f"v{layout.LAYOUT_VERSION}: rebuild it (`pip install --no-build-isolation -e .`)"
@@ -74,15 +70,9 @@ def cuda_built() -> bool:
 
 
 @functools.cache
-def kernel_formats(platform: str) -> frozenset | None:
+def kernel_formats(platform: str) -> frozenset:
     """``(ebits, mbits)`` pairs with a compiled ``jax_fpx_linear`` kernel on ``platform``
-    (``"cpu"``/``"cuda"``), from the extension's ``kernel_formats()``; ``None`` = every format;
-    empty when the platform has no handler."""
-    mod = _module()
-    if hasattr(mod, "kernel_formats"):
-        table = mod.kernel_formats()
-        return frozenset(tuple(int(v) for v in f) for f in table[platform]) if platform in table else frozenset()
-    if platform == "cuda" and not cuda_built():
-        return frozenset()
-    legacy = _LEGACY_KERNEL_FORMATS[platform]
-    return None if legacy is None else frozenset(legacy)
+    (``"cpu"``/``"cuda"``), from the extension's ``kernel_formats()``; empty when the platform
+    has no handler in this build."""
+    table = _module().kernel_formats()
+    return frozenset((int(e), int(m)) for e, m in table.get(platform, ()))

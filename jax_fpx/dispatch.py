@@ -54,8 +54,7 @@ def cpu_kernel_max_m(weights: int) -> int:
 
 def kernel_supports(platform: str, spec: LinearSpec) -> bool:
     """Whether the extension has a ``jax_fpx_linear`` kernel for this format on ``platform``."""
-    formats = _ffi.kernel_formats(platform)
-    return formats is None or (spec.fmt.ebits, spec.fmt.mbits) in formats
+    return (spec.fmt.ebits, spec.fmt.mbits) in _ffi.kernel_formats(platform)
 
 
 def max_split_k(m: int, n_pad: int, k_blocks: int) -> int:
