@@ -155,7 +155,9 @@ class FPxKernel:
     def reshape(self, *shape):
         shape = tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else tuple(shape)
         if shape != self.shape:
-            raise ValueError(f"{self!r} cannot be reshaped to {shape}: FPx kernels are used in the shape they were quantized in")
+            raise ValueError(
+                f"{self!r} cannot be reshaped to {shape}: FPx kernels are used in the shape they were quantized in"
+            )
         return self
 
     def __repr__(self) -> str:
@@ -238,7 +240,9 @@ def _fpx_dot_general(x, fk: FPxKernel, x_contract, w_contract, x_batch, w_batch,
             "weight_qtype=None for this module"
         )
     if len(fk.weight.batch_shape) != fk.n_batch:
-        raise ValueError(f"{where}: {fk!r} still has stacked (scan) axes {fk.weight.batch_shape}; use it inside the scan")
+        raise ValueError(
+            f"{where}: {fk!r} still has stacked (scan) axes {fk.weight.batch_shape}; use it inside the scan"
+        )
     to_x_b = dict(zip(w_batch, x_batch))
     to_x_c = dict(zip(w_contract, x_contract))
     xb = [to_x_b[a] for a in stored_b]
@@ -360,7 +364,12 @@ class FPxProvider(qwix.PtqProvider):
     (attention scores), convolutions and embedding lookups stay dense. The kernel is quantized
     as the op receives it (after the layer's dtype promotion) and replaces the param as an
     :class:`FPxKernel` (linen: during ``init``; nnx: during ``qwix.quantize_model``'s first
-    call). The layer's own dtype policy, bias and output shapes are unchanged.
+    call). The layer's own dtype policy, bias and output shapes are unchanged; ``precision`` is
+    ignored (the FPx op accumulates in float32). Not served: ``x @ w`` / ``jnp.matmul`` (Qwix
+    does not intercept them), kernels the module reshapes or transposes before the op (an error
+    names the module: leave it dense with a ``weight_qtype=None`` rule), a kernel as the
+    left-hand operand. Logical-axis metadata (``nn.with_partitioning``) of a quantized kernel is
+    dropped: shard FPx weights with :mod:`jax_fpx.sharding`.
     """
 
     def __init__(
@@ -492,7 +501,15 @@ class FPxProvider(qwix.PtqProvider):
         )
         return y if preferred_element_type is None else y.astype(preferred_element_type)
 
-    def einsum(self, einsum_str, *operands, precision=None, preferred_element_type=None, _dot_general=jax.lax.dot_general, out_sharding=None):
+    def einsum(
+        self,
+        einsum_str,
+        *operands,
+        precision=None,
+        preferred_element_type=None,
+        _dot_general=jax.lax.dot_general,
+        out_sharding=None,
+    ):
         fk = None
         if len(operands) == 2 and isinstance(operands[1], FPxKernel):
             fk = operands[1]

@@ -210,6 +210,19 @@ def test_scale_search_calibration():
     np.testing.assert_array_equal(qparams["up"]["kernel"].weight.scale, want.scale)
 
 
+def test_reshaped_kernel_is_a_clear_error():
+    class M(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return jnp.dot(x, self.param("w", nn.initializers.normal(0.1), (64, 4, 8)).reshape(64, 32))
+
+    qmodel = qwix.quantize_model(M(), FPxProvider([Rule(weight_qtype="fp6_e3m2")]))
+    with pytest.raises(NotImplementedError, match="reshapes or transposes param 'w'"):
+        jax.eval_shape(qmodel.init, jax.random.key(0), jnp.ones((2, 64)))
+    skip = FPxProvider([Rule(weight_qtype=None), Rule(weight_qtype="fp6_e3m2")])  # weight_qtype=None: dense
+    assert jax.eval_shape(qwix.quantize_model(M(), skip).init, jax.random.key(0), jnp.ones((2, 64)))["params"]["w"].shape == (64, 4, 8)
+
+
 def test_rule_validation_and_format_names():
     assert fpx_format_of("fp6_e3m2") == jax_fpx.get_format("fp6_e3m2")
     assert fpx_format_of(jax_fpx.FPxFormat(2, 2)).name == "fp5_e2m2"
