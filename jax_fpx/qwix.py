@@ -591,9 +591,17 @@ def quantize_params(params: Any, abstract_quantized_params: Any, **qwix_kwargs: 
     else:
         abstract = unfreeze(nn.unbox(abstract_quantized_params))
     out, rest = {}, {}
-    has_qwix = False
-    for leaf in jax.tree.leaves(abstract, is_leaf=lambda x: isinstance(x, (FPxKernel, _qwix_ptq.WithAux))):
-        has_qwix |= isinstance(leaf, _qwix_ptq.WithAux)
+    if isinstance(abstract_quantized_params, nnx.Module):  # Qwix keeps its WithAux outside nnx.Param
+        has_qwix = any(
+            isinstance(v, _qwix_ptq.WithAux)
+            for _, mod in nnx.iter_modules(abstract_quantized_params)
+            for v in vars(mod).values()
+        )
+    else:
+        has_qwix = any(
+            isinstance(leaf, _qwix_ptq.WithAux)
+            for leaf in jax.tree.leaves(abstract, is_leaf=lambda x: isinstance(x, (FPxKernel, _qwix_ptq.WithAux)))
+        )
     for path, value in flat.items():
         node = abstract
         for key in path:

@@ -300,6 +300,43 @@ def test_nnx_einsum_linear_general_and_abstract_quantize_params():
     np.testing.assert_array_equal(np.asarray(abstract(x)), np.asarray(y))
 
 
+def test_nnx_mixed_with_qwix_int8_abstract_route():
+    class M(nnx.Module):
+        def __init__(self, rngs):
+            self.a = nnx.Linear(64, 64, rngs=rngs)
+            self.b = nnx.Linear(64, 64, rngs=rngs)
+
+        def __call__(self, x):
+            return self.b(self.a(x))
+
+    x = jax.random.normal(jax.random.key(0), (2, 64))
+    model = M(nnx.Rngs(0))
+    provider = FPxProvider([Rule(module_path="a", weight_qtype="int8"), Rule(module_path="b", weight_qtype="fp6_e3m2")])
+    qmodel = qwix.quantize_model(model, provider, x)
+    assert type(qmodel.a.kernel).__name__ == "WithAux" and _is_k(qmodel.b.kernel.get_value())
+    abstract = nnx.eval_shape(lambda: qwix.quantize_model(M(nnx.Rngs(0)), provider, x))
+    nnx.update(abstract, quantize_params(nnx.to_pure_dict(nnx.state(model, nnx.Param)), abstract))
+    np.testing.assert_array_equal(np.asarray(abstract(x)), np.asarray(qmodel(x)))
+    _close(qmodel(x), model(x), 5e-2)
+
+
+def test_checkpoint_round_trip_with_the_abstract_tree(tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    m = MLP()
+    x = jnp.ones((2, 64))
+    qmodel = qwix.quantize_model(m, FPxProvider([Rule(module_path="up|down", weight_qtype="fp6_e3m2")]))
+    abstract = jax.eval_shape(qmodel.init, jax.random.key(0), x)["params"]
+    qparams = quantize_params(m.init(jax.random.key(0), x)["params"], abstract)
+    with ocp.StandardCheckpointer() as ckpt:
+        path = tmp_path / "ckpt"
+        ckpt.save(path, qparams)
+        ckpt.wait_until_finished()
+        restored = ckpt.restore(path, abstract)
+    assert _is_k(restored["up"]["kernel"]) and restored["up"]["kernel"].fmt.name == "fp6_e3m2"
+    np.testing.assert_array_equal(restored["down"]["kernel"].weight.data, qparams["down"]["kernel"].weight.data)
+    np.testing.assert_array_equal(qmodel.apply({"params": restored}, x), qmodel.apply({"params": qparams}, x))
+
+
 # --------------------------------------------------------------------------------------------
 # README
 
