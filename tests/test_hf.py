@@ -78,11 +78,11 @@ def test_fp6_close_to_transformers(name):
 
 
 def test_config_mapping():
-    cfg = hf.config_from_hf(json.load(open(os.path.join(FIX, "qwen2", "config.json"))))
+    cfg = hf.config_from_hf(hf.read_hf_config(os.path.join(FIX, "qwen2")))
     assert cfg.qkv_bias and not cfg.o_bias and cfg.tie_embeddings and cfg.n_kv_heads == 2 and cfg.head_dim == 12
-    cfg = hf.config_from_hf(json.load(open(os.path.join(FIX, "llama", "config.json"))))
+    cfg = hf.config_from_hf(hf.read_hf_config(os.path.join(FIX, "llama")))
     assert dict(cfg.rope_scaling)["rope_type"] == "llama3" and cfg.rope_theta == 500000.0 and not cfg.tie_embeddings
-    assert hf.config_from_hf(json.load(open(os.path.join(FIX, "mistral", "config.json")))).sliding_window == 6
+    assert hf.config_from_hf(hf.read_hf_config(os.path.join(FIX, "mistral"))).sliding_window == 6
     # transformers 4.x spelling of the same config
     old = {"architectures": ["LlamaForCausalLM"], "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
            "intermediate_size": 16, "rope_theta": 1234.0, "rope_scaling": {"type": "linear", "factor": 2.0}}

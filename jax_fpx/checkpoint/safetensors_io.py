@@ -64,6 +64,13 @@ class SafetensorsFile:
             self._f = open(self.path, "rb")
         except FileNotFoundError:
             raise CheckpointError(f"{self.path}: no such file") from None
+        try:
+            self._open()
+        except BaseException:
+            self._f.close()
+            raise
+
+    def _open(self) -> None:
         size = os.fstat(self._f.fileno()).st_size
         if size < 8:
             raise CheckpointError(f"{self.path}: {size} bytes, not a safetensors file (truncated?)")
