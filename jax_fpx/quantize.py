@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import layout
+from . import layout, validation
 from .packing import pack, unpack
 from .formats import FormatLike, FPxFormat, get_format
 from .weight import FPxWeight
@@ -67,8 +67,19 @@ def _scales(wt: jax.Array, fmt: FPxFormat, group_size: Optional[int]) -> jax.Arr
     grouped = wt.reshape(*lead, n_pad, k_pad // g, g)
     amax = jnp.max(jnp.abs(grouped), axis=-1)
     finite = jnp.all(jnp.isfinite(grouped), axis=-1)
-    scale = jnp.where(amax > 0, amax / fmt.max_value, 1.0)
+    scale = jnp.where(amax > 0, _clamp_normal(amax / fmt.max_value), 1.0)
     return _stored_scale(jnp.where(finite, scale, jnp.nan), group_size)
+
+
+# float32's smallest normal. Scales never go below it: absmax / max would be subnormal (flushed to 0
+# by XLA:CPU and most GPU math, zeroing the channel); clamped, the channel's codes go subnormal in
+# the FPx format instead and keep every value the format can hold at that scale.
+_F32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def _clamp_normal(scale: jax.Array) -> jax.Array:
+    """Scale(s) raised to at least float32's smallest normal (NaN stays NaN)."""
+    return jnp.maximum(scale, _F32_TINY)
 
 
 def _stored_scale(scale: jax.Array, group_size: Optional[int]) -> jax.Array:
@@ -81,14 +92,6 @@ def _stored_scale(scale: jax.Array, group_size: Optional[int]) -> jax.Array:
     b = scale.astype(jnp.bfloat16)
     up = jnp.nextafter(b, jnp.asarray(jnp.inf, jnp.bfloat16))
     return jnp.where(b.astype(jnp.float32) < scale, up, b)
-
-
-def _check_group_size(group_size: Optional[int]) -> Optional[int]:
-    if group_size is None:
-        return None
-    if not isinstance(group_size, (int, np.integer)) or group_size <= 0 or group_size % layout.K_BLOCK:
-        raise ValueError(f"group_size must be None or a positive multiple of {layout.K_BLOCK}, got {group_size!r}")
-    return int(group_size)
 
 
 def quantize(
@@ -119,16 +122,20 @@ def quantize(
       :class:`FPxWeight` with packed ``uint32`` data and scales (``float32`` per channel,
       ``bfloat16`` per group; see :mod:`jax_fpx.layout`).
 
+    Scales never go below float32's smallest normal (a tinier channel keeps its values in the
+    format's subnormal codes instead of flushing to zero; float32 subnormal weights themselves
+    are below what XLA:CPU's float32 arithmetic keeps and quantize to zero).
+
     Rounding is to nearest, ties to even, saturating at the format's max. NaN/Inf in a
     concrete kernel raise ``ValueError``. Under tracing (``jit``/``vmap``/Flax ``init``) the
     check cannot run: a channel (or group) containing NaN/Inf then gets a NaN scale, so
     every output that uses it is NaN -- visible, never silent garbage.
     """
     fmt = get_format(fmt)
-    group_size = _check_group_size(group_size)
     kernel = jnp.asarray(kernel) if not isinstance(kernel, jax.Array) else kernel
     if kernel.ndim < 2:
         raise ValueError(f"quantize expects a kernel of shape (in_features, out_features), got shape {kernel.shape}")
+    _, _, group_size = validation.check_metadata(fmt, tuple(kernel.shape[-2:]), group_size, where="quantize")
     if kernel.dtype not in _FLOAT_KERNEL_DTYPES:
         raise TypeError(f"quantize expects a float32/bfloat16/float16 kernel, got {kernel.dtype}")
     if not isinstance(kernel, jax.core.Tracer):
@@ -217,7 +224,7 @@ def _quantize_search_jit(kernel, importance, fmt: FPxFormat, group_size, candida
         def body(i, carry):
             best_r, best_e = carry
             r = jnp.maximum(ratio_of(i, best_r), 0.5 * lo)
-            e = err(base * r)
+            e = err(_clamp_normal(base * r))
             better = e < best_e
             return jnp.where(better, r, best_r), jnp.where(better, e, best_e)
 
@@ -229,7 +236,7 @@ def _quantize_search_jit(kernel, importance, fmt: FPxFormat, group_size, candida
     if refine > 1:  # second pass: `refine` ratios spanning +-1 coarse step around each best ratio
         r1 = carry[0]
         carry = search(lambda i, r: r1 + step * (2.0 * i / (refine - 1) - 1.0), refine, carry)
-    scale = _stored_scale(base.astype(jnp.float32) * carry[0], group_size)
+    scale = _stored_scale(_clamp_normal(base.astype(jnp.float32) * carry[0]), group_size)
     return _encode_pack(wt, scale, fmt), scale
 
 
@@ -244,6 +251,7 @@ def dequantize(w: FPxWeight, dtype=jnp.float32) -> jax.Array:
     """Dense ``(..., in_features, out_features)`` kernel of ``w`` in ``dtype``."""
     if not isinstance(w, FPxWeight):
         raise TypeError(f"dequantize expects an FPxWeight, got {type(w).__name__}")
+    w.check()
     return _dequantize_jit(w.data, w.scale, w.fmt, w.shape, dtype)
 
 

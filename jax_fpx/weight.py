@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from . import layout
+from . import layout, validation
 from .formats import FPxFormat
 
 __all__ = ["FPxWeight"]
@@ -31,11 +31,11 @@ class FPxWeight:
     __slots__ = ("data", "scale", "fmt", "shape", "group_size")
 
     def __init__(self, data: Any, scale: Any, fmt: FPxFormat, shape: tuple[int, int], group_size: int | None):
+        self.fmt, self.shape, self.group_size = _checked_metadata(fmt, shape, group_size)
         self.data = data
         self.scale = scale
-        self.fmt = fmt
-        self.shape = (int(shape[0]), int(shape[1]))
-        self.group_size = None if group_size is None else int(group_size)
+        if all(hasattr(a, "shape") and hasattr(a, "dtype") for a in (data, scale)):  # arrays, not specs
+            validation.check_leaves(data, scale, self.fmt, self.shape, self.group_size)
 
     # --- pytree -------------------------------------------------------------------------
     def tree_flatten_with_keys(self):
@@ -50,6 +50,7 @@ class FPxWeight:
         fmt, shape, group_size, version = aux
         if version != layout.LAYOUT_VERSION:
             raise ValueError(f"FPxWeight packed with layout v{version}, this jax_fpx reads v{layout.LAYOUT_VERSION}")
+        fmt, shape, group_size = _checked_metadata(fmt, shape, group_size)  # leaves here may be any object
         obj = object.__new__(cls)
         obj.data, obj.scale = children
         obj.fmt, obj.shape, obj.group_size = fmt, shape, group_size
@@ -80,26 +81,29 @@ class FPxWeight:
         scale_bytes = np.dtype(self.scale.dtype).itemsize
         return int(np.prod(np.shape(self.data))) * 4 + int(np.prod(np.shape(self.scale))) * scale_bytes
 
-    def check(self) -> None:
-        """Raise ValueError if the leaves do not match the static metadata."""
-        ds = layout.data_shape(*self.shape, self.fmt.bits, self.group_size)
-        ss = layout.scale_shape(*self.shape, self.group_size)
-        dshape, sshape = tuple(np.shape(self.data)), tuple(np.shape(self.scale))
-        if dshape[-3:] != ds or sshape[-2:] != ss or dshape[:-3] != sshape[:-2]:
-            raise ValueError(
-                f"FPxWeight leaves do not match its metadata: data {dshape} (want [...]+{ds}), "
-                f"scale {sshape} (want [...]+{ss}) for {self}"
-            )
-        want = np.dtype(jnp.dtype(layout.scale_dtype(self.group_size)))
-        if np.dtype(self.data.dtype) != np.uint32 or np.dtype(self.scale.dtype) != want:
-            raise ValueError(
-                f"FPxWeight wants uint32 data and {want} scale, got {self.data.dtype}, {self.scale.dtype}"
-            )
+    def check(self) -> tuple[int, ...]:
+        """Raise ValueError unless the leaves match the static metadata (packed shapes, dtypes);
+        returns the batch shape (leading axes of stacked weights)."""
+        return validation.check_leaves(self.data, self.scale, self.fmt, self.shape, self.group_size, where=repr(self))
 
     def __repr__(self) -> str:
         g = "per-channel" if self.group_size is None else f"group={self.group_size}"
         b = f", batch={self.batch_shape}" if self.batch_shape else ""
         return f"FPxWeight({self.fmt.name}, in={self.shape[0]}, out={self.shape[1]}, {g}{b})"
+
+
+def _checked_metadata(fmt, shape, group_size):
+    """``validation.check_metadata``, cached (unflatten runs on every transformation)."""
+    try:
+        hash((fmt, shape, group_size))
+    except TypeError:  # e.g. a list or array shape: checked (and rejected or normalized) uncached
+        return validation.check_metadata(fmt, shape, group_size)
+    return _checked_metadata_cached(fmt, shape, group_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_metadata_cached(fmt, shape, group_size):
+    return validation.check_metadata(fmt, shape, group_size)
 
 
 # --- jax.export: serializing an exported function whose inputs/outputs contain FPxWeight -------

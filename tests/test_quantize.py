@@ -128,7 +128,9 @@ def test_weight_pytree_and_metadata():
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(w)[0]]
     assert paths == [".data", ".scale"]
     w.check()
-    bad = jax_fpx.FPxWeight(w.data[:, :1], w.scale, w.fmt, w.shape, w.group_size)
+    with pytest.raises(ValueError, match="do not match"):  # construction checks the leaves
+        jax_fpx.FPxWeight(w.data[:, :1], w.scale, w.fmt, w.shape, w.group_size)
+    bad = jax.tree.unflatten(tree, [w.data[:, :1], w.scale])  # unflatten cannot: check() does
     with pytest.raises(ValueError, match="do not match"):
         bad.check()
 
