@@ -3,13 +3,14 @@
 Paths: the ``jax_fpx_linear`` custom call (:mod:`jax_fpx.ffi_calls`; a C++ handler on CPU, Tensor
 Core kernels on CUDA), or dequantize + XLA's dot (on CUDA builds dequantized by the
 ``jax_fpx_dequantize`` kernel), or ``impl="reference"``'s float32 math. Every threshold here names
-the measurement it comes from; :func:`workspace_elems` is the one formula for the CUDA split-K
-workspace.
+the measurement it comes from; :func:`workspace_elems` is the one formula for the CUDA kernel's
+stream-K workspace.
 """
 
 from __future__ import annotations
 
 import bisect
+import functools
 from typing import Optional
 
 import jax
@@ -21,29 +22,25 @@ from .linear_spec import LinearSpec
 from .quantize import dequantize
 from .weight import FPxWeight
 
-__all__ = ["linear", "GPU_KERNEL_MAX_M", "cpu_kernel_max_m", "workspace_elems", "max_split_k", "kernel_supports"]
+__all__ = ["linear", "GPU_KERNEL_MAX_M", "cpu_kernel_max_m", "workspace_elems", "kernel_supports"]
 
-# Largest number of rows M (tokens) for which the CUDA kernel runs under impl="auto"; above it
-# the large-M path runs (CUDA dequantize + XLA dot).
-# Measured 2026-11-26 on an H100 80GB HBM3, jax 0.11.2, bf16, fp6_e3m2, with the shared-memory
-# tiled kernel for M > 16 (benchmarks/results/gemm_h100_tiled_v7.json), kernel vs fallback, us:
-#   8192x28672:  M=128 324 vs 475, M=256 553 vs 497
-#   28672x8192:  M=128 296 vs 510, M=256 543 vs 516
-#   4096x14336:  M=128  91 vs 136, M=256 174 vs 150
-# Interpolated crossing at M ~ 210-225 on all three; 192 = three 64-token tiles. Checked in a second
-# run (gemm_h100_tiled_v7d.json, same kernel): M=192 458 vs 478, 410 vs 512, 132 vs 141 (kernel wins);
-# M=256 516 vs 489, 510 vs 521, 163 vs 148. (Earlier warp-only kernel: crossing at M ~ 96-128.)
-# XLA's bf16 dot is faster than both from M ~ 128 on.
-GPU_KERNEL_MAX_M = 192
+# Largest number of rows M (tokens) for which the CUDA decode kernel runs under impl="auto"; above
+# it the large-M path runs (CUDA dequantize + XLA dot). The kernel covers M <= 64 in one launch
+# (KERNEL_MAX_ROWS); its measurement against the other path names the value:
+# benchmarks/results/decode_h200.json (see benchmarks/KERNEL_NOTES.md, section 8).
+GPU_KERNEL_MAX_M = 64
 
 # CPU, impl="auto": the C++ handler runs for M <= cpu_kernel_max_m(K * N), dequantize + XLA's
 # (multithreaded, float32) dot above. Rows: (largest K*N of the row, largest M where the handler
 # is faster). Measured DATE_TBD (see the table's source below).
 CPU_KERNEL_MAX_M_BY_SIZE = ((1 << 62, 64),)
 
-# Split-K workspace budget (bytes of float32 partials) reserved per CUDA call.
-WORKSPACE_BUDGET_BYTES = 64 << 20
-MAX_SPLIT_K = 32
+# The CUDA decode kernel's stream-K workspace (csrc/cuda/fpx_gemm.cu): per CTA and consumer warp
+# one flag and the partial sums of a 16-row tile x 8*MT tokens; CTAs <= SMs (256 covers every GPU).
+KERNEL_MAX_CTAS = 256
+KERNEL_WARPS = 8  # csrc/cuda/kernel/params.cuh kWarps
+KERNEL_MAX_ROWS = 64  # rows per launch (token tiles of 8: MT in {1, 2, 4, 8}); more rows: several launches
+KERNEL_MIN_CC = 9.0  # bulk copies and mbarrier waits of the decode kernel (sm_90)
 
 
 def cpu_kernel_max_m(weights: int) -> int:
@@ -57,16 +54,24 @@ def kernel_supports(platform: str, spec: LinearSpec) -> bool:
     return (spec.fmt.ebits, spec.fmt.mbits) in _ffi.kernel_formats(platform)
 
 
-def max_split_k(m: int, n_pad: int, k_blocks: int) -> int:
-    """Most K splits the workspace holds for an (m x n_pad) output."""
-    fit = WORKSPACE_BUDGET_BYTES // max(1, 4 * m * n_pad)
-    return int(max(1, min(MAX_SPLIT_K, k_blocks, fit)))
+def workspace_elems(rows: int) -> int:
+    """float32 elements of workspace to give the CUDA handler for ``rows`` (folded) tokens."""
+    rows = max(1, min(int(rows), KERNEL_MAX_ROWS))
+    mt = 1
+    while 8 * mt < rows:
+        mt *= 2
+    return KERNEL_MAX_CTAS * KERNEL_WARPS * (1 + mt * 4 * 32) + 32
 
 
-def workspace_elems(m: int, n_pad: int, k_blocks: int, split_k: Optional[int]) -> int:
-    """float32 elements of split-K workspace to give the CUDA handler."""
-    s = max_split_k(m, n_pad, k_blocks) if split_k is None else split_k
-    return max(1, s * m * n_pad) if s > 1 else 1
+@functools.cache
+def cuda_kernel_capable() -> bool:
+    """Whether this process's GPUs run the decode kernel (compute capability >= 9.0); others
+    take dequantize + XLA dot."""
+    try:
+        gpus = jax.devices("gpu")
+    except RuntimeError:
+        return False
+    return all(float(getattr(d, "compute_capability", "0") or 0) >= KERNEL_MIN_CC for d in gpus)
 
 
 def linear(x, data, scale, bias, spec: LinearSpec):
@@ -92,12 +97,11 @@ def linear(x, data, scale, bias, spec: LinearSpec):
     def cuda(x, data, scale, bias):
         use_kernel = (
             cuda_built and m_known and spec.impl != "xla" and kernel_supports("cuda", spec)
-            and (forced or m <= GPU_KERNEL_MAX_M)
+            and cuda_kernel_capable() and (forced or m <= GPU_KERNEL_MAX_M)
         )
         if not use_kernel:
             return dequant_matmul(x, data, scale, bias, spec, cuda_dequantize=cuda_built)
-        n_pad = spec.padded_shape[0]
-        ws = workspace_elems(m, n_pad, spec.k_blocks, spec.split_k)
+        ws = workspace_elems(int(np.prod(x.shape[:-1])))
         return ffi_calls.linear(x, data, scale, bias, spec, split_k=spec.split_k or 0, workspace_elems=ws)
 
     def other(x, data, scale, bias):

@@ -39,8 +39,8 @@ def linear(
         ``dispatch.cpu_kernel_max_m``; the CUDA kernel for ``M <= dispatch.GPU_KERNEL_MAX_M`` rows;
         else dequantize + XLA dot), ``"kernel"`` (the FFI kernel at every M), ``"reference"``
         (pure-JAX oracle, float32 math) or ``"xla"`` (dequantize + XLA dot).
-      split_k: force the CUDA kernel's number of K splits (experts; default: chosen from
-        the shape and the device's SM count).
+      split_k: kept for compatibility and still validated (``<=`` the k-blocks); the CUDA decode
+        kernel's persistent stream-K schedule splits K itself, so it does not change the result.
 
     Returns:
       ``(..., out_features)`` in ``x.dtype``. Accumulation is float32 on every path.

@@ -39,13 +39,52 @@ struct StageShape {
 
 __device__ __forceinline__ int64_t Min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// Position in the iteration space, advanced without divisions: ring slot and phase, tile, stage.
+struct Cursor {
+  int s = 0;
+  uint32_t phase = 0;
+  int kit = 0;                       // stage within the tile
+  int64_t tile = 0, bi = 0, rt0 = 0;  // tile, its batch item and first row tile
+  int64_t rg = 0;                    // row group within the batch item
+  __device__ __forceinline__ Cursor(const GemmParams& p, int64_t it) {
+    tile = it / p.iters;
+    kit = static_cast<int>(it - tile * p.iters);
+    bi = tile / p.tiles_per_item;
+    rg = tile - bi * p.tiles_per_item;
+    rt0 = rg * kWarps;
+  }
+  __device__ __forceinline__ void Next(const GemmParams& p) {
+    if (++s == p.stages) {
+      s = 0;
+      phase ^= 1u;
+    }
+    if (++kit == p.iters) {
+      kit = 0;
+      ++tile;
+      rt0 += kWarps;
+      if (++rg == p.tiles_per_item) {
+        rg = 0;
+        rt0 = 0;
+        ++bi;
+      }
+    }
+  }
+};
+
 __device__ __forceinline__ int CtaOf(int64_t it, const GemmParams& p) {
   return static_cast<int>(((it + 1) * p.ctas + p.total - 1) / p.total - 1);
 }
 
+// Independent accumulator sets: k-step J accumulates into set J % kAccSets, so the MMAs of a
+// block do not wait on each other (one set per token tile would chain 16 MMAs per stage).
+template <int MT>
+constexpr int AccSets() {
+  return MT <= 2 ? 4 : MT == 4 ? 2 : 1;
+}
+
 template <int E, int MB, bool F16, int MT, int J = 0>
 __device__ __forceinline__ void Steps(const uint32_t (&w)[1 + E + MB], const uint16_t* xs, int b, int g,
-                                      int t, float (&acc)[MT][4]) {
+                                      int t, float (&acc)[AccSets<MT>()][MT][4]) {
   if constexpr (J < 4) {
     uint32_t a[4];
     DecodeStep<E, MB, F16, J>(w, a);
@@ -54,22 +93,29 @@ __device__ __forceinline__ void Steps(const uint32_t (&w)[1 + E + MB], const uin
       const uint16_t* xr = xs + (8 * i + g) * kXRow + b * 64 + 16 * J + 2 * t;
       const uint32_t b0 = *reinterpret_cast<const uint32_t*>(xr);
       const uint32_t b1 = *reinterpret_cast<const uint32_t*>(xr + 8);
-      Mma16816<F16>(acc[i], a, b0, b1);
+      Mma16816<F16>(acc[J % AccSets<MT>()][i], a, b0, b1);
     }
     Steps<E, MB, F16, MT, J + 1>(w, xs, b, g, t, acc);
   }
 }
 
 template <int MT>
-__device__ __forceinline__ void Flush(float (&acc)[MT][4], float (&gacc)[MT][4], float s_lo, float s_hi) {
+__device__ __forceinline__ void Flush(float (&acc)[MT][4], float (&gacc)[AccSets<MT>()][MT][4], float s_lo,
+                                      float s_hi) {
 #pragma unroll
   for (int i = 0; i < MT; ++i) {
-    acc[i][0] += gacc[i][0] * s_lo;
-    acc[i][1] += gacc[i][1] * s_lo;
-    acc[i][2] += gacc[i][2] * s_hi;
-    acc[i][3] += gacc[i][3] * s_hi;
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-    for (int r = 0; r < 4; ++r) gacc[i][r] = 0.0f;
+    for (int a = 0; a < AccSets<MT>(); ++a)
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        v[r] += gacc[a][i][r];
+        gacc[a][i][r] = 0.0f;
+      }
+    acc[i][0] += v[0] * s_lo;
+    acc[i][1] += v[1] * s_lo;
+    acc[i][2] += v[2] * s_hi;
+    acc[i][3] += v[3] * s_hi;
   }
 }
 
@@ -103,29 +149,26 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeGemmKernel(const __grid_con
 
   if (warp == kWarps) {  // ---------------- producer ----------------
     const uint64_t policy = EvictFirstPolicy();
-    int local = 0;
-    for (int64_t it = begin; it < end; ++it, ++local) {
-      const int s = local % p.stages;
-      MbarWait(empty + s, ((local / p.stages) & 1) ^ 1);
-      const int64_t tile = it / p.iters, kit = it % p.iters;
-      const int64_t bi = tile / p.tiles_per_item, rt0 = (tile % p.tiles_per_item) * kWarps;
-      const int64_t kb0 = kit * kStageBlocks;
+    Cursor c(p, begin);
+    for (int64_t it = begin; it < end; ++it, c.Next(p)) {
+      MbarWait(empty + c.s, c.phase ^ 1);
+      const int64_t kb0 = int64_t(c.kit) * kStageBlocks;
       const int nb = static_cast<int>(Min64(kStageBlocks, p.k_blocks - kb0));
-      const int vt = static_cast<int>(Min64(kWarps, p.row_tiles - rt0));
+      const int vt = static_cast<int>(Min64(kWarps, p.row_tiles - c.rt0));
       const int64_t k0 = kb0 * 64, klen = int64_t(nb) * 64;
       const bool xb = p.x_bulk && k0 + klen <= p.k;
-      const uint16_t* xsrc = p.x + (p.x_batched ? bi * p.m * p.k : 0);
-      uint16_t* xs = stage_x(s);
+      const uint16_t* xsrc = p.x + (p.x_batched ? c.bi * p.m * p.k : 0);
+      uint16_t* xs = stage_x(c.s);
       if (lane == 0) {
         const uint32_t wbytes = uint32_t(nb) * kBits * 128;
-        MbarExpectTx(full + s, wbytes * vt + (xb ? uint32_t(p.m * klen * 2) : 0u));
-        const uint32_t* wsrc = p.data + (p.w_batched ? bi * p.row_tiles * p.k_blocks * kBits * 32 : 0);
+        MbarExpectTx(full + c.s, wbytes * vt + (xb ? uint32_t(p.m * klen * 2) : 0u));
+        const uint32_t* wsrc = p.data + (p.w_batched ? c.bi * p.row_tiles * p.k_blocks * kBits * 32 : 0);
         for (int w = 0; w < vt; ++w)
-          BulkCopy(stage_w(s) + w * kStageBlocks * kBits * 32, wsrc + ((rt0 + w) * p.k_blocks + kb0) * kBits * 32,
-                   wbytes, full + s, policy);
+          BulkCopy(stage_w(c.s) + w * kStageBlocks * kBits * 32,
+                   wsrc + ((c.rt0 + w) * p.k_blocks + kb0) * kBits * 32, wbytes, full + c.s, policy);
         if (xb)
           for (int64_t tok = 0; tok < p.m; ++tok)
-            BulkCopyPlain(xs + tok * kXRow, xsrc + tok * p.k + k0, uint32_t(klen * 2), full + s);
+            BulkCopyPlain(xs + tok * kXRow, xsrc + tok * p.k + k0, uint32_t(klen * 2), full + c.s);
       }
       if (!xb) {
         for (int64_t tok = 0; tok < p.m; ++tok)
@@ -133,32 +176,36 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeGemmKernel(const __grid_con
             xs[tok * kXRow + e] = (e < klen && k0 + e < p.k) ? xsrc[tok * p.k + k0 + e] : uint16_t(0);
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
       }
-      MbarArrive(full + s);
+      MbarArrive(full + c.s);
     }
     return;
   }
 
   // ---------------- consumers ----------------
   const int g = lane >> 2, t = lane & 3;
-  float acc[MT][4], gacc[MT][4];
+  float acc[MT][4], gacc[AccSets<MT>()][MT][4];
 #pragma unroll
   for (int i = 0; i < MT; ++i)
 #pragma unroll
-    for (int r = 0; r < 4; ++r) acc[i][r] = gacc[i][r] = 0.0f;
+    for (int r = 0; r < 4; ++r) {
+      acc[i][r] = 0.0f;
+#pragma unroll
+      for (int a = 0; a < AccSets<MT>(); ++a) gacc[a][i][r] = 0.0f;
+    }
   float s_lo = 1.0f, s_hi = 1.0f;
-  int64_t seg_kit = 0;  // first stage of the current tile segment
-  int local = 0;
-  for (int64_t it = begin; it < end; ++it, ++local) {
-    const int s = local % p.stages;
-    const int64_t tile = it / p.iters, kit = it % p.iters;
-    const int64_t bi = tile / p.tiles_per_item, rt0 = (tile % p.tiles_per_item) * kWarps;
-    const int64_t kb0 = kit * kStageBlocks;
+  int seg_kit = 0;  // first stage of the current tile segment
+  Cursor c(p, begin);
+  for (int64_t it = begin; it < end; ++it, c.Next(p)) {
+    const int s = c.s;
+    const int kit = c.kit;
+    const int64_t tile = c.tile, bi = c.bi, rt0 = c.rt0;
+    const int64_t kb0 = int64_t(kit) * kStageBlocks;
     const int nb = static_cast<int>(Min64(kStageBlocks, p.k_blocks - kb0));
     const bool active = rt0 + warp < p.row_tiles;
     const int64_t row0 = (rt0 + warp) * 16 + g;
     const int64_t sbase = (p.w_batched ? bi : 0) * p.n_pad * p.groups;
     if (it == begin || kit == 0) seg_kit = kit;
-    MbarWait(full + s, (local / p.stages) & 1);
+    MbarWait(full + s, c.phase);
     if (active) {
       const uint32_t* ws = stage_w(s) + warp * kStageBlocks * kBits * 32;
       const uint16_t* xs = stage_x(s);
