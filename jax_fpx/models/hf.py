@@ -168,7 +168,9 @@ def load(
         replaces ``fmt``/``group_size``.
       dtype: dense parameters and activations (``"float32"``, ``"bfloat16"``, ``"float16"``).
       verify: check checksums of a pre-quantized checkpoint (ignored for HF checkpoints).
-      stats: optional dict that receives ``{"tensors", "host_peak_tensor_bytes"}``.
+      stats: optional dict that receives ``{"tensors", "host_peak_tensor_bytes", "device_live_peak_bytes"}``
+        (the largest tensor read on the host; the most bytes of live JAX arrays seen between
+        tensors, i.e. the model so far plus one tensor in both forms, quantizer temporaries excluded).
     A pre-quantized directory keeps the formats it was saved with (``fmt``/``rules`` ignored).
     """
     from tqdm.auto import tqdm
@@ -192,7 +194,7 @@ def load(
     assert set(mapping) == set(shapes), (set(mapping) ^ set(shapes))
     src = TensorDir(model_dir)
     out: dict[str, Any] = {}
-    host_peak = 0
+    host_peak = live_peak = 0
     try:
         missing = [theirs for theirs, _ in mapping.values() if theirs not in src]
         if missing:
@@ -219,10 +221,14 @@ def load(
                 except ValueError as e:
                     raise CheckpointError(f"{model_dir}: tensor {theirs!r} ({name}): {e}") from None
                 jax.block_until_ready((w.data, w.scale))
+                if stats is not None:  # dense kernel and its quantized copy both alive: this tensor's peak
+                    live_peak = max(live_peak, _live_bytes())
                 kernel.delete()
             else:
                 w = _prepare(arr, transpose=transpose, dtype=str(jnp.dtype(dtype)))
                 w.block_until_ready()
+                if stats is not None:
+                    live_peak = max(live_peak, _live_bytes())
                 if w is not arr:
                     arr.delete()
             del host
@@ -231,8 +237,12 @@ def load(
     finally:
         src.close()
     if stats is not None:
-        stats.update(tensors=len(out), host_peak_tensor_bytes=host_peak)
+        stats.update(tensors=len(out), host_peak_tensor_bytes=host_peak, device_live_peak_bytes=live_peak)
     return cfg, _unflatten(out)
+
+
+def _live_bytes() -> int:
+    return sum(a.nbytes for a in jax.live_arrays())
 
 
 def _check_complete(cfg: LlamaConfig, params: dict, where: str) -> None:
