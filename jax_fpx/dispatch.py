@@ -32,8 +32,15 @@ GPU_KERNEL_MAX_M = 64
 
 # CPU, impl="auto": the C++ handler runs for M <= cpu_kernel_max_m(K * N), dequantize + XLA's
 # (multithreaded, float32) dot above. Rows: (largest K*N of the row, largest M where the handler
-# is faster). Measured DATE_TBD (see the table's source below).
-CPU_KERNEL_MAX_M_BY_SIZE = ((1 << 62, 64),)
+# is not slower). Measured 2026-12-02 on the 2-core CI-type Xeon, jax 0.10.2, layout v2 handler,
+# bf16, fp6_e3m2, jit, min of 25 interleaved runs (the box was shared: load ~7), handler/xla us:
+#   384x384     M=1 505/1001   M=16 653/1030    M=64 796/1051     M=128 1190/1215   M=256 2373/1795
+#   384x1536    M=1 2262/3635  M=16 2754/3821   M=64 3915/4872    M=128 7869/6236
+#   1536x384    M=1 1978/3939  M=16 1875/3747   M=64 3641/4807    M=128 9557/5881
+#   1024x4096   M=1 23.6/62.4k M=16 22.8/82.0k  M=64 56.3/73.3k   M=128 108/135k    M=256 182/113k
+#   4096x4096   M=1 109/401k   M=16 154/447k    M=64 292/368k     M=256 734/580k
+# (the python -m jax_fpx shapes are the first three, at M = 1 and 16: the handler wins there.)
+CPU_KERNEL_MAX_M_BY_SIZE = ((1 << 21, 64), (1 << 62, 128))
 
 # The CUDA decode kernel's stream-K workspace (csrc/cuda/fpx_gemm.cu): per CTA and consumer warp
 # one flag and the partial sums of a 16-row tile x 8*MT tokens; CTAs <= SMs (256 covers every GPU).
