@@ -5,6 +5,13 @@ bias ``2**(ebits-1) - 1`` and subnormals. Formats are finite-only ("fn"): every 
 finite number, there is no inf. ``fp8_e4m3`` follows the OCP/ml_dtypes ``float8_e4m3fn``
 convention where the all-ones code is NaN, so its largest finite value is 448; the
 quantizer saturates there and never produces that code.
+
+One identity per format: a name always means one exact format and a format always prints as a
+name that maps back to it. ``(ebits, mbits)`` tuples and ``"eXmY"`` strings resolve to the named
+format of that layout (``(4, 3)`` is ``fp8_e4m3``, NaN at all-ones, max 448, as
+``ml_dtypes.float8_e4m3fn``); an ``FPxFormat`` whose NaN convention differs from its named
+layout's carries it in its name: ``FPxFormat(4, 3)`` (every code finite, max 480) is
+``fp8_e4m3_nonan``, ``FPxFormat(3, 2, nan_at_max=True)`` is ``fp6_e3m2_nan``.
 """
 
 from __future__ import annotations
@@ -69,7 +76,12 @@ class FPxFormat:
 
     @property
     def name(self) -> str:
-        return f"fp{self.bits}_e{self.ebits}m{self.mbits}"
+        """``fp{bits}_e{ebits}m{mbits}``, plus ``_nan`` / ``_nonan`` when the NaN convention is not
+        the one of the named format of this layout (only ``fp8_e4m3`` has NaN at all-ones)."""
+        base = f"fp{self.bits}_e{self.ebits}m{self.mbits}"
+        if self.nan_at_max == _nan_by_default(self.ebits, self.mbits):
+            return base
+        return base + ("_nan" if self.nan_at_max else "_nonan")
 
     def decode(self, code: int) -> float:
         """Value of one code (python int in [0, 2**bits)); slow, for tests and docs."""
@@ -103,16 +115,26 @@ FORMATS: dict[str, FPxFormat] = {
 FormatLike = Union[str, FPxFormat, tuple]
 
 
+def _nan_by_default(ebits: int, mbits: int) -> bool:
+    """NaN convention of the named format of this layout (finite-only where none is named)."""
+    return any(f.nan_at_max for f in FORMATS.values() if (f.ebits, f.mbits) == (ebits, mbits))
+
+
 def get_format(fmt: FormatLike) -> FPxFormat:
     """Resolve a name ('fp6_e3m2', 'e3m2'), an (ebits, mbits) tuple or an FPxFormat."""
     if isinstance(fmt, FPxFormat):
         return fmt
     if isinstance(fmt, tuple) and len(fmt) == 2:
-        return FPxFormat(int(fmt[0]), int(fmt[1]))
+        e, m = int(fmt[0]), int(fmt[1])
+        return FPxFormat(e, m, _nan_by_default(e, m))
     if isinstance(fmt, str):
         key = fmt.lower()
         if key in FORMATS:
             return FORMATS[key]
+        for suffix, nan in (("_nonan", False), ("_nan", True)):
+            if key.endswith(suffix):
+                f = get_format(key[: -len(suffix)])
+                return FPxFormat(f.ebits, f.mbits, nan)
         for f in FORMATS.values():
             if key == f"e{f.ebits}m{f.mbits}":
                 return f

@@ -84,3 +84,67 @@ def test_saturation():
 
 def test_public_exports():
     assert jax_fpx.FORMATS["fp6_e3m2"] == get_format("fp6_e3m2")
+
+
+# --- one format identity (issue 16, item 4) -------------------------------------------------------
+def test_tuple_resolves_to_the_named_format_and_variants_print_differently():
+    import jax.numpy as jnp
+
+    named = get_format("fp8_e4m3")
+    assert get_format((4, 3)) == named == get_format("e4m3")  # a tuple means the named layout
+    finite = FPxFormat(4, 3)  # every code a number: max 480, not ml_dtypes' float8_e4m3fn
+    assert finite != named and finite.max_value == 480 and named.max_value == 448
+    assert finite.name == "fp8_e4m3_nonan" and str(finite) != str(named)
+    assert get_format(finite.name) == finite and get_format(named.name) == named
+    assert FPxFormat(3, 2, nan_at_max=True).name == "fp6_e3m2_nan" == get_format("fp6_e3m2_nan").name
+    for f in jax_fpx.FORMATS.values():  # every named format prints as its name
+        assert get_format(f.name) == f and get_format((f.ebits, f.mbits)) == f
+    # the named fp8_e4m3 is ml_dtypes.float8_e4m3fn, NaN at all-ones included
+    codes = np.arange(256, dtype=np.uint8)
+    want = codes.view(ml_dtypes.float8_e4m3fn).astype(np.float32)
+    got = np.array([named.decode(int(c)) for c in codes], np.float32)
+    np.testing.assert_array_equal(got, want)
+    from jax_fpx.packing import unpack
+
+    w = jax_fpx.quantize(jnp.full((64, 16), 3.0), (4, 3))  # absmax -> 448 (code 0x7E), never the NaN 0x7F
+    assert "fp8_e4m3," in repr(w) and set(np.unique(np.asarray(unpack(w.data, 4, 3))[:16, :64]).tolist()) == {0x7E}
+    w2 = jax_fpx.quantize(jnp.full((64, 16), 3.0), FPxFormat(4, 3))  # absmax -> 480: code 0x7F is a number
+    assert "fp8_e4m3_nonan" in repr(w2) and set(np.unique(np.asarray(unpack(w2.data, 4, 3))[:16, :64]).tolist()) == {0x7F}
+
+
+# --- tiny kernels keep their values (issue 16, item 3) --------------------------------------------
+def _round_to_format64(v, fmt):
+    """Nearest value of ``fmt``'s finite grid (float64, saturating; ties to the even code)."""
+    grid = np.array(sorted({abs(fmt.decode(c)) for c in range(2 ** (fmt.bits - 1))} - {float("nan")}))
+    grid = grid[np.isfinite(grid)]
+    a = np.minimum(np.abs(v), grid[-1])
+    i = np.clip(np.searchsorted(grid, a), 1, len(grid) - 1)
+    lo, hi = grid[i - 1], grid[i]
+    pick_hi = (a - lo > hi - a) | ((a - lo == hi - a) & (i % 2 == 0))  # index i = code magnitude
+    return np.sign(v) * np.where(pick_hi, hi, lo)
+
+
+@pytest.mark.parametrize("name", sorted(jax_fpx.FORMATS))
+def test_tiny_kernels_do_not_flush_to_zero(name):
+    import jax
+
+    fmt = get_format(name)
+    tiny = float(np.finfo(np.float32).tiny)
+    rng = np.random.RandomState(0)
+    base = rng.uniform(-1, 1, (128, 16))
+    base /= np.abs(base).max(axis=0, keepdims=True)  # every channel's absmax is exactly 1
+    for absmax in (1e-30, 1e-33, 1e-36, 1e-37, 1e-38, 3e-39, 1e-40, 1e-42, 1e-45):
+        k32 = (base * absmax).astype(np.float32)
+        w = jax_fpx.quantize(jax.numpy.asarray(k32), fmt)
+        got = np.asarray(jax_fpx.dequantize(w), np.float64)
+        k64 = k32.astype(np.float64)
+        amax = np.abs(k64).max(axis=0)
+        scale = np.maximum(amax / fmt.max_value, tiny)  # float64: what the scale should be
+        stored = np.asarray(w.scale, np.float64)[:16, 0]
+        if absmax >= tiny:  # normal float32 kernels: the scale is exact and the values kept
+            np.testing.assert_allclose(stored, scale, rtol=2**-23)
+            assert np.any(got != 0)
+        want = _round_to_format64(k64 / stored, fmt) * stored
+        # float32 arithmetic (XLA:CPU flushes subnormals) cannot hold results below its smallest
+        # normal; everything above it matches the float64 math of the same codes and scales.
+        assert np.all(np.abs(got - want) <= tiny + 2**-22 * np.abs(want)), (name, absmax)
