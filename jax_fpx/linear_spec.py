@@ -20,13 +20,33 @@ import jax
 from . import layout
 from .formats import FPxFormat
 
-__all__ = ["LinearSpec", "IMPLS", "explicit_mesh"]
+__all__ = ["LinearSpec", "LogicalShape", "IMPLS", "explicit_mesh"]
 
 IMPLS = ("auto", "kernel", "reference", "xla")
 
 
+class LogicalShape:
+    """Shape facts of a weight from its ``shape`` = (in_features, out_features) and ``group_size``
+    (shared by :class:`LinearSpec` and :class:`jax_fpx.FPxWeight`)."""
+
+    __slots__ = ()
+
+    @property
+    def in_features(self) -> int:
+        return self.shape[0]
+
+    @property
+    def out_features(self) -> int:
+        return self.shape[1]
+
+    @property
+    def padded_shape(self) -> tuple[int, int]:
+        """(N_pad, K_pad) of the packed matrix."""
+        return layout.padded_shape(self.shape[0], self.shape[1], self.group_size)
+
+
 @dataclasses.dataclass(frozen=True)
-class LinearSpec:
+class LinearSpec(LogicalShape):
     """Static facts of a ``linear`` call (hashable: a jit static argument and cache key).
 
     Attributes:
@@ -43,19 +63,6 @@ class LinearSpec:
     group_size: Optional[int] = None
     impl: str = "auto"
     split_k: Optional[int] = None
-
-    @property
-    def in_features(self) -> int:
-        return self.shape[0]
-
-    @property
-    def out_features(self) -> int:
-        return self.shape[1]
-
-    @property
-    def padded_shape(self) -> tuple[int, int]:
-        """(N_pad, K_pad) of the packed matrix."""
-        return layout.padded_shape(self.shape[0], self.shape[1], self.group_size)
 
     @property
     def k_blocks(self) -> int:

@@ -10,12 +10,13 @@ import numpy as np
 
 from . import layout, validation
 from .formats import FPxFormat
+from .linear_spec import LogicalShape
 
 __all__ = ["FPxWeight"]
 
 
 @jax.tree_util.register_pytree_with_keys_class
-class FPxWeight:
+class FPxWeight(LogicalShape):
     """A ``(in_features, out_features)`` kernel stored as packed FPx codes plus scales.
 
     Leaves (arrays; may carry extra leading axes when weights are stacked, e.g. by
@@ -56,24 +57,11 @@ class FPxWeight:
         obj.fmt, obj.shape, obj.group_size = fmt, shape, group_size
         return obj
 
-    # --- shape helpers ------------------------------------------------------------------
-    @property
-    def in_features(self) -> int:
-        return self.shape[0]
-
-    @property
-    def out_features(self) -> int:
-        return self.shape[1]
-
+    # --- shape helpers (in_features, out_features, padded_shape: LogicalShape) -----------
     @property
     def batch_shape(self) -> tuple[int, ...]:
         """Leading axes of stacked weights (``()`` for a single matrix)."""
         return tuple(np.shape(self.data))[:-3]
-
-    @property
-    def padded_shape(self) -> tuple[int, int]:
-        """(N_pad, K_pad) of the packed matrix."""
-        return layout.padded_shape(self.shape[0], self.shape[1], self.group_size)
 
     @property
     def nbytes(self) -> int:
