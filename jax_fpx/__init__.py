@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from . import layout, reference
 from .formats import FORMATS, FPxFormat, get_format
+from .gptq import GPTQ, quantize_gptq
 from .ops import linear
 from .quantize import ScaleSearch, dequantize, quantize
 from .weight import FPxWeight
@@ -22,6 +23,8 @@ __all__ = [
     "FORMATS",
     "get_format",
     "quantize",
+    "quantize_gptq",
+    "GPTQ",
     "ScaleSearch",
     "dequantize",
     "linear",

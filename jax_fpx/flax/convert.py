@@ -78,6 +78,8 @@ def quantize_params(
     scale_search: Any = None,
     importance: Optional[Mapping[str, Any]] = None,
     rules: Any = None,
+    calibration: Any = None,
+    method: Any = "rtn",
 ) -> Any:
     """Quantize every Dense kernel of a linen param tree to :class:`FPxWeight`.
 
@@ -116,6 +118,14 @@ def quantize_params(
         file path): the first rule whose regex matches a kernel's path picks its format and
         group size, ``fmt=None`` keeps it dense, no match keeps it dense. Replaces ``fmt``,
         ``group_size`` and ``exclude``; ``include`` still filters.
+      method: ``"rtn"`` (default: round each weight to nearest) or ``"gptq"`` / a
+        :class:`jax_fpx.GPTQ` (its options): error-compensating quantization
+        (:func:`jax_fpx.quantize_gptq`) with the inputs' ``XᵀX`` from ``calibration``.
+      calibration: for ``method="gptq"``: a :class:`jax_fpx.flax.Calibration` (forward + batches;
+        layers are quantized stage by stage, each on the inputs the already-quantized model gives
+        it, see :mod:`jax_fpx.flax.calibration`), or ``{module_path: InputStats | XᵀX}`` from
+        :func:`jax_fpx.flax.dense_input_hessians` (one shot, float-model inputs). ``scale_search``
+        is applied to the GPTQ scales (weighted by ``diag(XᵀX)``).
 
     Returns:
       A tree of the same structure with ``FPxWeight`` in place of the selected kernels.
@@ -155,6 +165,21 @@ def quantize_params(
 
     if progress is None:
         progress = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    if calibration is not None or method != "rtn":
+        from .calibration import as_gptq, gptq_params
+
+        opts = as_gptq(method)
+        if opts is None or calibration is None:
+            raise ValueError(f"method={method!r} with calibration={type(calibration).__name__}: GPTQ needs both "
+                             "method='gptq' and calibration=Calibration(...) or {module_path: XᵀX}")
+        if importance is not None:
+            raise ValueError("importance is for the scale search of method='rtn'; GPTQ weights its scale search by diag(XᵀX)")
+        if scale_search is not None and scale_search is not False and opts.scale_search is None:
+            opts = dataclasses.replace(opts, scale_search=scale_search)
+        desc = "GPTQ by rules" if rules is not None else f"GPTQ {fmt.name}"
+        with tqdm(total=len(todo), desc=desc, unit="layer", leave=False, disable=not progress) as bar:
+            replaced = gptq_params(params, todo, calibration, opts, rebuild=_rebuild, bar=bar, donate=donate)
+        return _rebuild(params, replaced)
     replaced = {}
     desc = "quantize by rules" if rules is not None else f"quantize {fmt.name}"
     with tqdm(total=len(todo), desc=desc, unit="layer", leave=False, disable=not progress) as bar:
