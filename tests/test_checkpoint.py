@@ -196,3 +196,15 @@ def test_orbax_self_describing_and_verified(tmp_path):
         qc.restore_orbax(tmp_path / "ck")
     if isinstance(e.value, CheckpointError):
         assert "checksum" in str(e.value)
+
+
+def test_unnamed_format_keeps_its_identity(tmp_path):
+    from jax_fpx.formats import FPxFormat
+
+    fmt = FPxFormat(4, 3)  # finite-max e4m3 (max 480), not the NaN-at-max fp8_e4m3 (max 448)
+    assert fmt != jax_fpx.get_format("fp8_e4m3")
+    p = {"l": {"kernel": jax_fpx.quantize(jax.random.normal(jax.random.key(1), (64, 16)), fmt)}}
+    qc.save_quantized(tmp_path, p)
+    r, _ = qc.load_quantized(tmp_path)
+    assert r["l"]["kernel"].fmt == fmt
+    _same(r, p)

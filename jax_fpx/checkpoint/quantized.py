@@ -31,6 +31,7 @@ import numpy as np
 from .. import layout
 from ..weight import FPxWeight
 from .checksum import checksum_hex
+from .formats_json import fmt_from_json, fmt_to_json
 from .safetensors_io import CheckpointError, TensorDir, save_file
 
 __all__ = [
@@ -86,14 +87,10 @@ def unflatten_params(flat: Mapping[str, Any]) -> dict:
 
 # --- records -----------------------------------------------------------------------------------
 def _fmt_json(fmt):
-    from ..flax.rules import fmt_to_json  # pure Python; no flax import
-
     return fmt_to_json(fmt)
 
 
 def _fmt_from(obj, where):
-    from ..flax.rules import fmt_from_json
-
     try:
         return fmt_from_json(obj)
     except Exception as e:  # noqa: BLE001 - any malformed record is the same error for the user

@@ -26,7 +26,8 @@ import os
 import re
 from typing import Any, Optional, Sequence, Union
 
-from ..formats import FORMATS, FPxFormat, get_format
+from ..checkpoint.formats_json import fmt_from_json, fmt_to_json
+from ..formats import FPxFormat, get_format
 
 __all__ = ["QuantRule", "DEFAULT_RULES", "default_rules", "load_rules", "parse_rules", "rules_to_json", "match_rule", "as_rules"]
 
@@ -65,25 +66,6 @@ class QuantRule:
 
     def to_dict(self) -> dict:
         return {"pattern": self.pattern, "fmt": fmt_to_json(self.fmt), "group_size": self.group_size}
-
-
-def fmt_to_json(fmt: Optional[FPxFormat]) -> Any:
-    """A format's name when the name maps back to it, else ``{"ebits", "mbits", "nan_at_max"}``."""
-    if fmt is None:
-        return None
-    if any(f == fmt for f in FORMATS.values()) and get_format(fmt.name) == fmt:
-        return fmt.name
-    return {"ebits": fmt.ebits, "mbits": fmt.mbits, "nan_at_max": bool(fmt.nan_at_max)}
-
-
-def fmt_from_json(obj: Any) -> Optional[FPxFormat]:
-    if obj is None:
-        return None
-    if isinstance(obj, dict):
-        return FPxFormat(int(obj["ebits"]), int(obj["mbits"]), bool(obj.get("nan_at_max", False)))
-    return get_format(obj)
-
-
 
 
 #: Path regex of lm_head kernels (kept dense by default: the logits are the most sensitive layer).
