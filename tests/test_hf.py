@@ -92,6 +92,8 @@ def test_config_mapping():
         hf.config_from_hf(dict(old, architectures=["GPT2LMHeadModel"], model_type="gpt2"))
     with pytest.raises(CheckpointError, match="yarn"):
         hf.config_from_hf(dict(old, rope_scaling={"type": "yarn", "factor": 4.0}))
+    with pytest.raises(CheckpointError, match="already quantized.*gptq"):
+        hf.config_from_hf(dict(old, quantization_config={"quant_method": "gptq"}))
 
 
 def test_rules_mixed_formats(tmp_path):

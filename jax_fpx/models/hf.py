@@ -59,6 +59,10 @@ def config_from_hf(hf: dict, dtype: str = "bfloat16") -> LlamaConfig:
     mtype = hf.get("model_type")
     if arch not in ARCHITECTURES and mtype not in ("llama", "mistral", "qwen2"):
         raise CheckpointError(f"architecture {arch!r} (model_type {mtype!r}) is not supported; supported: {', '.join(ARCHITECTURES)}")
+    qc = hf.get("quantization_config")
+    if qc:
+        method = qc.get("quant_method", "?") if isinstance(qc, dict) else "?"
+        raise CheckpointError(f"this checkpoint is already quantized ({method}); load the original bfloat16/float16/float32 checkpoint")
     if hf.get("hidden_act", "silu") != "silu":
         raise CheckpointError(f"hidden_act {hf.get('hidden_act')!r} is not supported (silu only)")
     rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
@@ -207,8 +211,8 @@ def load(
             want = shapes[name]
             if (shape[::-1] if transpose else shape) != want:
                 raise CheckpointError(f"{model_dir}: tensor {theirs!r} has shape {list(shape)}, config.json implies {list(want[::-1] if transpose else want)}")
-            if not np.issubdtype(dt, np.floating) and dt.kind != "V":
-                raise CheckpointError(f"{model_dir}: tensor {theirs!r} has dtype {dt}, expected a float type")
+            if dt.itemsize < 2 or (not np.issubdtype(dt, np.floating) and dt.kind != "V"):
+                raise CheckpointError(f"{model_dir}: tensor {theirs!r} has dtype {dt}, expected float32/bfloat16/float16")
             host = src.get(theirs)
             host_peak = max(host_peak, host.nbytes)
             arr = jax.device_put(host, device)
