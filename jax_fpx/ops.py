@@ -38,7 +38,8 @@ def linear(
       impl: ``"auto"`` (FFI kernel where it applies: the CPU handler up to a measured M,
         ``dispatch.cpu_kernel_max_m``; the CUDA kernel for ``M <= dispatch.GPU_KERNEL_MAX_M`` rows;
         else dequantize + XLA dot), ``"kernel"`` (the FFI kernel at every M), ``"reference"``
-        (pure-JAX oracle, float32 math) or ``"xla"`` (dequantize + XLA dot).
+        (pure-JAX oracle, float32 math) or ``"xla"`` (dequantize, on CUDA builds by the
+        ``jax_fpx_dequantize`` kernel, then XLA's dot).
       split_k: kept for compatibility and still validated (``<=`` the k-blocks); the CUDA decode
         kernel's persistent stream-K schedule splits K itself, so it does not change the result.
 

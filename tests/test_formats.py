@@ -115,8 +115,8 @@ def test_tuple_resolves_to_the_named_format_and_variants_print_differently():
 # --- tiny kernels keep their values (issue 16, item 3) --------------------------------------------
 def _round_to_format64(v, fmt):
     """Nearest value of ``fmt``'s finite grid (float64, saturating; ties to the even code)."""
-    grid = np.array(sorted({abs(fmt.decode(c)) for c in range(2 ** (fmt.bits - 1))} - {float("nan")}))
-    grid = grid[np.isfinite(grid)]
+    values = (abs(fmt.decode(c)) for c in range(2 ** (fmt.bits - 1)))
+    grid = np.array(sorted({v for v in values if np.isfinite(v)}))  # (the NaN code out before sorting)
     a = np.minimum(np.abs(v), grid[-1])
     i = np.clip(np.searchsorted(grid, a), 1, len(grid) - 1)
     lo, hi = grid[i - 1], grid[i]
