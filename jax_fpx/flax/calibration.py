@@ -189,16 +189,24 @@ class Calibration:
       batches: the calibration batches (a sequence; each is passed to ``forward`` as is).
       token_weights: optional ``token_weights(batch)`` -> weights of shape ``x.shape[:-1]`` of the
         Dense inputs (e.g. the attention mask, so padding does not count).
+      stages: how sequential GPTQ cuts the Dense calls into stages (one calibration forward
+        each): ``"input"`` (default) -- consecutive layers reading the same input array (q/k/v
+        together, then each later layer on the quantized outputs before it); ``"module"`` --
+        consecutive layers of the same parent module (a transformer block at a time, as in the
+        GPTQ paper without "true sequential": fewer forwards, inputs quantized block-wise).
     """
 
     forward: Callable[[Any, Any], Any]
     batches: Sequence[Any]
     token_weights: Optional[Callable[[Any], Any]] = None
+    stages: str = "input"
 
     def __post_init__(self):
         self.batches = list(self.batches)
         if not self.batches:
             raise ValueError("Calibration needs at least one batch")
+        if self.stages not in ("input", "module"):
+            raise ValueError(f"Calibration.stages must be 'input' or 'module', got {self.stages!r}")
 
     def hessians(self, params: Any, *, only: Optional[Iterable[str]] = None,
                  n_in: Optional[Mapping[str, int]] = None) -> dict[str, InputStats]:
@@ -221,7 +229,8 @@ class Calibration:
             mod = _dense_call(context, args)
             if mod is not None:
                 keep.append(args[0])
-                calls.append(("/".join(mod.scope.path), id(args[0])))
+                key = "/".join(mod.scope.path)
+                calls.append((key, id(args[0]) if self.stages == "input" else "/".join(mod.scope.path[:-1])))
             return next_fun(*args, **kwargs)
 
         with nn.intercept_methods(interceptor):
@@ -240,8 +249,9 @@ def as_gptq(method: Any) -> Optional[GPTQ]:
     raise ValueError(f"method must be 'rtn', 'gptq' or a jax_fpx.GPTQ, got {method!r}")
 
 
-def _stages(calls: list[tuple[str, int]], wanted: set[str]) -> list[tuple[list[str], int]]:
-    """Stages ``(paths, index of the last Dense call they need)`` from the call order."""
+def _stages(calls: list[tuple[str, Any]], wanted: set[str]) -> list[tuple[list[str], int]]:
+    """Stages ``(paths, index of the last Dense call they need)`` from the call order
+    (``(path, stage key)`` pairs; consecutive wanted calls with the same key share a stage)."""
     last = {}
     for i, (p, _) in enumerate(calls):
         last[p] = i

@@ -178,3 +178,14 @@ def tokenized_batches(tok, sentences=None, batch_size: int = 64):
             ids[j, : len(e.ids)], mask[j, : len(e.ids)], types[j, : len(e.ids)] = e.ids, e.attention_mask, e.type_ids
         out.append((ids, mask, types))
     return out
+
+
+def passages(n: int = 160, per: int = 3, seed: int = 0, sentences=None) -> list[str]:
+    """``n`` passages of ``per`` calibration sentences each, drawn at random (seeded): the same
+    text in new contexts (positions, neighbours) gives new activations, so more distinct
+    calibration tokens than the sentences alone."""
+    import random
+
+    sentences = list(CALIBRATION_TEXT if sentences is None else sentences)
+    r = random.Random(seed)
+    return [" ".join(r.sample(sentences, per)) for _ in range(n)]
