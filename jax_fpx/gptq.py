@@ -76,6 +76,10 @@ class GPTQ:
       scale_search: ``None``/``False``: absmax scales. ``True`` or a :class:`ScaleSearch`: scales
         searched as in ``quantize(..., scale_search=...)``, weighted by ``diag(H)`` (the
         ``importance`` field is ignored): clipping chosen for the activations, rounding by GPTQ.
+      scale_ratios: e.g. ``(0.8, 0.85, 0.9, 0.95, 1.0)``: run GPTQ once per multiple of the
+        scales above and keep, for each output channel, the run with the smallest output error
+        ``(w − q)ᵀ H (w − q)`` (exact per channel: GPTQ treats output channels independently).
+        Costs one GPTQ pass per ratio. Empty (default): one pass.
     """
 
     damp: float = 0.01
@@ -83,8 +87,12 @@ class GPTQ:
     act_order: bool = False
     static_groups: bool = False
     scale_search: Union[None, bool, ScaleSearch] = None
+    scale_ratios: tuple = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "scale_ratios", tuple(float(r) for r in self.scale_ratios))
+        if any(not r > 0 for r in self.scale_ratios):
+            raise ValueError(f"GPTQ scale_ratios must be positive, got {self.scale_ratios!r}")
         if not self.damp > 0:
             raise ValueError(f"GPTQ damp must be > 0, got {self.damp!r}")
         if int(self.block_size) < 1:
@@ -273,43 +281,68 @@ def _gptq_one(kernel, hessian, fmt: FPxFormat, group_size: Optional[int], opts: 
         perm, group_of = None, jnp.arange(k_pad) // gs
     u = _inverse_cholesky_upper(h, lam0)
 
-    pre_blocks, scale_blocks = [], []
-    for b0, b1 in _blocks(k_pad, opts.block_size, gs if dynamic else 1):
-        nb = b1 - b0
-        blk, ub = w[b0:b1], u[b0:b1, b0:b1]
-        gidx = group_of[b0:b1]
-        imp_b = imp[b0:b1] if perm is None else imp[perm[b0:b1]]
+    blocks = _blocks(k_pad, opts.block_size, gs if dynamic else 1)
 
-        def body(i, carry, ub=ub, gidx=gidx, imp_b=imp_b):
-            blk, pre, err, cur, sc = carry
-            row = blk[i]
-            if dynamic:
-                def new_scale(blk=blk):
-                    slab = lax.dynamic_slice_in_dim(blk, i, gs, axis=0).T
-                    return _choose_scale(slab, lax.dynamic_slice_in_dim(imp_b, i, gs), fmt, ss, group_size)
+    def run(ratio):
+        """One GPTQ pass with every scale multiplied by ``ratio``: (pre-rounding values, scales, w - q)."""
+        w_ = w
+        sscale = None if dynamic else _stored_scale(_clamp_normal(static_scale * ratio), group_size).astype(jnp.float32)
+        pre_blocks, scale_blocks, d_blocks = [], [], []
+        for b0, b1 in blocks:
+            nb = b1 - b0
+            blk, ub = w_[b0:b1], u[b0:b1, b0:b1]
+            gidx = group_of[b0:b1]
+            imp_b = imp[b0:b1] if perm is None else imp[perm[b0:b1]]
 
-                cur = lax.cond(i % gs == 0, new_scale, lambda: cur)
-                sc = lax.dynamic_update_index_in_dim(sc, cur, i // gs, 0)
-                s = cur
-            else:
-                s = static_scale[gidx[i]]
-            q = _round_to_grid(row / s, fmt) * s  # exactly what _encode_pack will encode
-            e = (row - q) / ub[i, i]
-            blk = blk - ub[i][:, None] * e[None, :]  # rows <= i untouched but row i (already recorded)
-            return blk, pre.at[i].set(row), err.at[i].set(e), cur, sc
+            def body(i, carry, ub=ub, gidx=gidx, imp_b=imp_b):
+                blk, pre, err, cur, sc = carry
+                row = blk[i]
+                if dynamic:
+                    def new_scale(blk=blk):
+                        slab = lax.dynamic_slice_in_dim(blk, i, gs, axis=0).T
+                        c = _choose_scale(slab, lax.dynamic_slice_in_dim(imp_b, i, gs), fmt, ss, group_size)
+                        return _stored_scale(_clamp_normal(c * ratio), group_size).astype(jnp.float32)
 
-        zeros = jnp.zeros_like(blk)
-        cur0 = jnp.ones((n_pad,), jnp.float32)
-        sc0 = jnp.ones((max(nb // gs, 1) if dynamic else 1, n_pad), jnp.float32)
-        _, pre, err, _, sc = lax.fori_loop(0, nb, body, (blk, zeros, zeros, cur0, sc0))
-        pre_blocks.append(pre)
-        scale_blocks.append(sc)
-        if b1 < k_pad:  # lazy update of every later feature: one matmul per block
-            w = w.at[b1:].add(-jnp.dot(u[b0:b1, b1:].T, err, precision=_HIGHEST))
+                    cur = lax.cond(i % gs == 0, new_scale, lambda: cur)
+                    sc = lax.dynamic_update_index_in_dim(sc, cur, i // gs, 0)
+                    s = cur
+                else:
+                    s = sscale[gidx[i]]
+                q = _round_to_grid(row / s, fmt) * s  # exactly what _encode_pack will encode
+                e = (row - q) / ub[i, i]
+                blk = blk - ub[i][:, None] * e[None, :]  # rows <= i untouched but row i (already recorded)
+                return blk, pre.at[i].set(row), err.at[i].set(e), cur, sc
 
-    pre = jnp.concatenate(pre_blocks, axis=0)  # [K_pad, N_pad] the values that were rounded
+            zeros = jnp.zeros_like(blk)
+            cur0 = jnp.ones((n_pad,), jnp.float32)
+            sc0 = jnp.ones((max(nb // gs, 1) if dynamic else 1, n_pad), jnp.float32)
+            _, pre, err, _, sc = lax.fori_loop(0, nb, body, (blk, zeros, zeros, cur0, sc0))
+            pre_blocks.append(pre)
+            scale_blocks.append(sc)
+            d_blocks.append(w[b0:b1] - (pre - err * jnp.diagonal(ub)[:, None]))  # original w - q
+            if b1 < k_pad:  # lazy update of every later feature: one matmul per block
+                w_ = w_.at[b1:].add(-jnp.dot(u[b0:b1, b1:].T, err, precision=_HIGHEST))
+        scale = jnp.concatenate(scale_blocks, axis=0) if dynamic else sscale  # [G, N]
+        return jnp.concatenate(pre_blocks, axis=0), scale, jnp.concatenate(d_blocks, axis=0)
+
+    if not opts.scale_ratios:
+        pre, scale, _ = run(jnp.float32(1.0))
+    else:  # output channels are independent in GPTQ: keep, per channel, the ratio with the least output error
+        ratios = jnp.asarray(opts.scale_ratios, jnp.float32)
+
+        def try_ratio(j, best):
+            pre_j, scale_j, d = run(ratios[j])
+            err = jnp.sum(jnp.dot(h, d, precision=_HIGHEST) * d, axis=0)  # dᵀ H d per output channel
+            better = err < best[0]
+            return (jnp.where(better, err, best[0]), jnp.where(better[None, :], pre_j, best[1]),
+                    jnp.where(better[None, :], scale_j, best[2]))
+
+        g_rows = n_groups if dynamic else static_scale.shape[0]
+        init = (jnp.full((n_pad,), jnp.inf, jnp.float32), jnp.zeros((k_pad, n_pad), jnp.float32),
+                jnp.ones((g_rows, n_pad), jnp.float32))
+        _, pre, scale = lax.fori_loop(0, len(opts.scale_ratios), try_ratio, init)
     if perm is not None:
         pre = jnp.zeros_like(pre).at[perm].set(pre)
-    scale = (jnp.concatenate(scale_blocks, axis=0) if dynamic else static_scale).T  # [N_pad, G]
+    scale = scale.T  # [N_pad, G]
     scale = _stored_scale(scale, group_size)  # exact (already representable); sets the dtype
     return _encode_pack(pre.T, scale, fmt), scale

@@ -131,6 +131,18 @@ def test_reduces_output_error(opts):
     assert err(q) < 0.85 * err(r)
 
 
+@pytest.mark.parametrize("group_size", [None, 64])
+def test_scale_ratios_pick_the_best_run_per_channel(group_size):
+    w, h, x = _problem(128, 48, seed=7)
+    base = quantize_gptq(w, h, "fp4_e2m1", group_size=group_size)
+    best = quantize_gptq(w, h, "fp4_e2m1", group_size=group_size, scale_ratios=(0.85, 0.9, 1.0))
+    per_channel = lambda q: np.sum((x @ (np.asarray(jax_fpx.dequantize(q)) - w)) ** 2, axis=0)
+    assert np.all(per_channel(best) <= per_channel(base) * (1 + 1e-4) + 1e-6)
+    assert per_channel(best).sum() < per_channel(base).sum()
+    with pytest.raises(ValueError, match="scale_ratios"):
+        GPTQ(scale_ratios=(0.0,))
+
+
 def test_dead_features_and_padding():
     w, h, _ = _problem(100, 20, seed=3)  # K=100 pads to 128, N=20 to 32
     h[5, :] = h[:, 5] = 0  # an input never seen in calibration
