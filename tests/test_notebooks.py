@@ -92,3 +92,7 @@ def test_accuracy_notebook(tmp_path, monkeypatch):
     assert rows["fp6_e2m3"]["output_rel_err"] < rows["fp4_e2m1"]["output_rel_err"]
     assert rows["fp6_e3m2"]["cos_rtn_mean"] > 0.99 and rows["fp4_e2m1"]["cos_rtn_mean"] > 0.9
     assert d["f32_check"]["max_published_err"] < 1e-3
+    # GPTQ cells (issue 18): calibration disjoint from evaluation, GPTQ above plain rounding
+    g = {r["method"]: r for r in d["gptq_rows"] if r["format"] == "fp6_e3m2" and r["group_size"] is None}
+    assert set(g) == {"plain", "scale_search", "gptq"} and d["calibration_tokens"] > 1000
+    assert g["gptq"]["cos_mean"] > g["plain"]["cos_mean"] and all(r["seconds"] > 0 for r in g.values())
