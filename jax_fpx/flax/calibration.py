@@ -221,7 +221,8 @@ class Calibration:
         return total
 
     def call_order(self, params: Any) -> list[tuple[str, int]]:
-        """``(module path, input id)`` of every Dense call of one forward, in execution order (traced, no compute)."""
+        """``(module path, stage key)`` of every Dense call of one forward, in execution order (traced, no
+        compute); the key is the input array's id (``stages="input"``) or the parent module path."""
         calls: list[tuple[str, int]] = []
         keep: list[Any] = []  # keeps the inputs alive so that their ids stay unique
 
