@@ -32,7 +32,9 @@ SHAPES = {
     "odd_1000x3000": (1000, 3000),
     "minilm_ffn": (384, 1536),
 }
-READ_FLOOR_GBPS = 4293.0  # H200 read bandwidth measured (kernel-study.md)
+# Measured HBM read bandwidth per card (GB/s): H200 from kernel-study.md; H100 SXM from
+# benchmarks/KERNEL_NOTES.md section 1.
+READ_FLOOR_GBPS = {"NVIDIA H200": 4293.0, "NVIDIA H100 80GB HBM3": 2990.0}
 
 
 def _resize(y, k):
@@ -41,8 +43,9 @@ def _resize(y, k):
 
 
 def _chain_len(weight_bytes: int) -> int:
-    """Layers in a chain: about 3 GB of weights (far beyond the 60 MB L2), 4..256 layers."""
-    return int(min(160, max(4, (3 << 30) // max(weight_bytes, 1))))
+    """Layers in a chain: about 1 GB of weights (17x the H200's 60 MB L2), 4..96 layers (the
+    smallest shapes stay L2-sized at 48: they measure launch latency either way)."""
+    return int(min(48, max(4, (1 << 30) // max(weight_bytes, 1))))
 
 
 def _time(fn, args, reps: int) -> float:
@@ -124,20 +127,30 @@ def main():
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--impl", default="auto")
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--all-fmts-on", default="llama70b_mlp_up",
+                    help="shapes timed in every format of --fmts; the others in the first format only")
     args = ap.parse_args()
     names = list(SHAPES) if args.shapes == "all" else args.shapes.split(",")
     ms = [int(v) for v in args.ms.split(",")]
     fmts = [f for f in args.fmts.split(",") if f]
     dev = jax.devices()[0]
+    floor = READ_FLOOR_GBPS.get(dev.device_kind)
     rows = []
+
+    def dump():
+        with open(args.out, "w") as fh:
+            json.dump({"about": __doc__.splitlines()[0], "device": dev.device_kind, "read_floor_GBps": floor,
+                       "rows": rows}, fh, indent=1)
+
     key = jax.random.key(0)
     for name in names:
         k, n = SHAPES[name]
         bf_len = _chain_len(k * n * 2)
         base = (jax.random.normal(key, (k, n), jnp.float32) * 0.02).astype(jnp.bfloat16)
         bf16_ws = [base * (1 + 0.01 * i) for i in range(bf_len)]
+        shape_fmts = fmts if name in args.all_fmts_on.split(",") else fmts[:1]
         fp_ws = {}
-        for f in fmts:
+        for f in shape_fmts:
             w1 = jax_fpx.quantize(base, f)
             fp_ws[f] = [jax.tree.map(jnp.copy, w1) for _ in range(_chain_len(w1.nbytes))]
         for m in ms:
@@ -146,7 +159,7 @@ def main():
                 r = bench_torch(m, k, n, args.reps, "float16")
                 if r:
                     res["cublas_float16"] = r
-            for f in fmts:
+            for f in shape_fmts:
                 ws = fp_ws[f]
                 nbytes = ws[0].nbytes
                 gemm = lambda x, w: jax_fpx.linear(x, w, impl=args.impl)
@@ -156,13 +169,12 @@ def main():
                 gbps = nb / (t * 1e-6) / 1e9
                 rows.append(dict(shape=name, method=meth, M=m, K=k, N=n, us=round(t, 2),
                                  ratio_vs_xla_bf16=round(base_t / t, 3), weight_GBps=round(gbps, 1),
-                                 pct_read_floor=round(100 * gbps / READ_FLOOR_GBPS, 1),
+                                 pct_read_floor=round(100 * gbps / floor, 1) if floor else None,
                                  device=dev.device_kind, jax_version=jax.__version__))
             line = " ".join(f"{meth}={t:.1f}us({base_t / t:.2f}x,{nb / t / 1e3:.0f}GB/s)" for meth, (t, nb) in res.items())
             print(f"{name} M={m}: {line}", flush=True)
+            dump()  # after every batch size: a run cut short keeps what it measured
         del bf16_ws, fp_ws
-    with open(args.out, "w") as fh:
-        json.dump({"about": __doc__.splitlines()[0], "read_floor_GBps": READ_FLOOR_GBPS, "rows": rows}, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Loads the compiled ``_jax_fpx`` module, registers its FFI targets with JAX (once, lazily) and
-reads the facts it exports: the formats each platform's kernels support and the layout version
-its handlers read (one source: ``csrc/ffi_module.cc``)."""
+reads the facts it exports: the formats each platform's kernels support, the layout version its
+handlers read and the CUDA kernel's workspace size (one source: ``csrc/ffi_module.cc``)."""
 
 from __future__ import annotations
 
@@ -76,3 +76,9 @@ def kernel_formats(platform: str) -> frozenset:
     has no handler in this build."""
     table = _module().kernel_formats()
     return frozenset((int(e), int(m)) for e, m in table.get(platform, ()))
+
+
+def kernel_workspace_elems(rows: int) -> int:
+    """float32 workspace elements the CUDA GEMM handler needs for ``rows`` folded tokens (stream-K
+    flags and partial sums; ``csrc/cuda/kernel/launch_shape.h``)."""
+    return int(_module().kernel_workspace_elems(int(rows)))

@@ -3,8 +3,8 @@
 Paths: the ``jax_fpx_linear`` custom call (:mod:`jax_fpx.ffi_calls`; a C++ handler on CPU, Tensor
 Core kernels on CUDA), or dequantize + XLA's dot (on CUDA builds dequantized by the
 ``jax_fpx_dequantize`` kernel), or ``impl="reference"``'s float32 math. Every threshold here names
-the measurement it comes from; :func:`workspace_elems` is the one formula for the CUDA kernel's
-stream-K workspace.
+the measurement it comes from; the CUDA kernel's stream-K workspace size comes from the extension
+(``_ffi.kernel_workspace_elems``).
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from .linear_spec import LinearSpec
 from .quantize import dequantize
 from .weight import FPxWeight
 
-__all__ = ["linear", "GPU_KERNEL_MAX_M", "cpu_kernel_max_m", "workspace_elems", "kernel_supports"]
+__all__ = ["linear", "GPU_KERNEL_MAX_M", "cpu_kernel_max_m", "kernel_supports"]
 
 # Largest number of rows M (tokens) for which the CUDA decode kernel runs under impl="auto"; above
 # it the large-M path runs (CUDA dequantize + XLA dot). The kernel covers M <= 64 in one launch
-# (KERNEL_MAX_ROWS); its measurement against the other path names the value:
+# (more rows: one launch per 64); its measurement against the other path names the value:
 # benchmarks/results/decode_h200.json (see benchmarks/KERNEL_NOTES.md, section 8).
 GPU_KERNEL_MAX_M = 64
 
@@ -42,11 +42,6 @@ GPU_KERNEL_MAX_M = 64
 # (the python -m jax_fpx shapes are the first three, at M = 1 and 16: the handler wins there.)
 CPU_KERNEL_MAX_M_BY_SIZE = ((1 << 21, 64), (1 << 62, 128))
 
-# The CUDA decode kernel's stream-K workspace (csrc/cuda/fpx_gemm.cu): per CTA and consumer warp
-# one flag and the partial sums of a 16-row tile x 8*MT tokens; CTAs <= SMs (256 covers every GPU).
-KERNEL_MAX_CTAS = 256
-KERNEL_WARPS = 8  # csrc/cuda/kernel/params.cuh kWarps
-KERNEL_MAX_ROWS = 64  # rows per launch (token tiles of 8: MT in {1, 2, 4, 8}); more rows: several launches
 KERNEL_MIN_CC = 9.0  # bulk copies and mbarrier waits of the decode kernel (sm_90)
 
 
@@ -59,15 +54,6 @@ def cpu_kernel_max_m(weights: int) -> int:
 def kernel_supports(platform: str, spec: LinearSpec) -> bool:
     """Whether the extension has a ``jax_fpx_linear`` kernel for this format on ``platform``."""
     return (spec.fmt.ebits, spec.fmt.mbits) in _ffi.kernel_formats(platform)
-
-
-def workspace_elems(rows: int) -> int:
-    """float32 elements of workspace to give the CUDA handler for ``rows`` (folded) tokens."""
-    rows = max(1, min(int(rows), KERNEL_MAX_ROWS))
-    mt = 1
-    while 8 * mt < rows:
-        mt *= 2
-    return KERNEL_MAX_CTAS * KERNEL_WARPS * (1 + mt * 4 * 32) + 32
 
 
 @functools.cache
@@ -108,7 +94,7 @@ def linear(x, data, scale, bias, spec: LinearSpec):
         )
         if not use_kernel:
             return dequant_matmul(x, data, scale, bias, spec, cuda_dequantize=cuda_built)
-        ws = workspace_elems(int(np.prod(x.shape[:-1])))
+        ws = _ffi.kernel_workspace_elems(int(np.prod(x.shape[:-1])))
         return ffi_calls.linear(x, data, scale, bias, spec, split_k=spec.split_k or 0, workspace_elems=ws)
 
     def other(x, data, scale, bias):

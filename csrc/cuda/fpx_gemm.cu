@@ -54,7 +54,7 @@ ffi::Error LinearCuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer data
   }
   if (ws->element_type() != ffi::DataType::F32) return BadArg("workspace must be float32");
 
-  int dev = 0, cc_major = 0, sms = 0, smem_optin = 0;
+  int dev = 0, cc_major = 0, sms = 0, smem_optin = 0, smem_sm = 0;
   if (auto e = cudaGetDevice(&dev); e != cudaSuccess) return CudaError(e, "cudaGetDevice");
   if (auto e = cudaDeviceGetAttribute(&cc_major, cudaDevAttrComputeCapabilityMajor, dev); e != cudaSuccess)
     return CudaError(e, "cudaDeviceGetAttribute");
@@ -65,6 +65,9 @@ ffi::Error LinearCuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer data
   if (auto e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev); e != cudaSuccess)
     return CudaError(e, "cudaDeviceGetAttribute");
   if (auto e = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+      e != cudaSuccess)
+    return CudaError(e, "cudaDeviceGetAttribute");
+  if (auto e = cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev);
       e != cudaSuccess)
     return CudaError(e, "cudaDeviceGetAttribute");
 
@@ -114,14 +117,16 @@ ffi::Error LinearCuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer data
   // More than kMaxKernelRows folded rows (impl='kernel' at large M): one launch per chunk.
   for (int64_t r0 = 0; r0 < rows; r0 += kMaxKernelRows) {
     const int64_t m = std::min<int64_t>(kMaxKernelRows, rows - r0);
-    int ti = 0;
-    while (8 * kTokenTiles[ti] < m) ++ti;
+    const int ti = TokenTileIndex(m);
     const KernelFn gemm = kernels.gemm[ti];
-    const int64_t per_cta = int64_t(kWarps) * (1 + kTokenTiles[ti] * 4 * 32);
-    const int64_t ctas = std::min<int64_t>({int64_t(sms), p.total, (ws_elems - 32) / per_cta});
+    const int per_sm = CtasPerSm(kTokenTiles[ti]);
+    const int64_t ctas = std::min<int64_t>(
+        {int64_t(sms) * per_sm, p.total, (ws_elems - 32) / WorkspacePerCta(kTokenTiles[ti])});
     if (ctas < 1) return BadArg("workspace too small");
+    // Shared memory per CTA: the SM's share (1 KiB of it reserved per CTA), at most the opt-in cap.
+    const int64_t smem_cta = std::min<int64_t>(smem_optin, smem_sm / per_sm - 1024);
     const int stages = static_cast<int>(
-        std::min<int64_t>(8, (int64_t(smem_optin) - kBarBytes) / kernels.stage_bytes[ti]));
+        std::min<int64_t>(8, (smem_cta - kBarBytes) / kernels.stage_bytes[ti]));
     if (stages < 2) return BadArg("not enough shared memory for the kernel's ring");
     const int smem = kBarBytes + stages * int(kernels.stage_bytes[ti]);
     p.x = xs + r0 * pr.k;

@@ -120,7 +120,7 @@ __device__ __forceinline__ void Flush(float (&acc)[MT][4], float (&gacc)[AccSets
 }
 
 template <int E, int MB, bool F16, int MT>
-__global__ void __launch_bounds__(kThreads, 1) DecodeGemmKernel(const __grid_constant__ GemmParams p) {
+__global__ void __launch_bounds__(kThreads, CtasPerSm(MT)) DecodeGemmKernel(const __grid_constant__ GemmParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   constexpr int kBits = 1 + E + MB;
   using SS = StageShape<kBits, MT>;

@@ -6,13 +6,11 @@
 
 #include <cstdint>
 
+#include "launch_shape.h"
+
 namespace jax_fpx {
 namespace cuda {
 
-// The decode kernel (gemm_decode.cuh): a CTA is kWarps consumer warps (one 16-row tile each, so a
-// work tile is 16*kWarps rows) plus one producer warp that feeds a shared-memory ring.
-constexpr int kWarps = 8;
-constexpr int kThreads = (kWarps + 1) * 32;
 constexpr int kStageBlocks = 4;  // 64-k blocks per ring stage (256 k)
 constexpr int kXPad = 8;         // bf16 elements of padding per staged activation row (banks)
 constexpr int kBarBytes = 128;   // shared memory for the mbarriers, before the stages (<= 8 stages)

@@ -11,11 +11,6 @@ namespace cuda {
 
 using KernelFn = void (*)(GemmParams);
 
-// 8-token MMA tiles per CTA: the kernel for the smallest count >= ceil(M / 8).
-constexpr int kNumTokenTiles = 4;
-constexpr int kTokenTiles[kNumTokenTiles] = {1, 2, 4, 8};
-constexpr int kMaxKernelRows = 8 * kTokenTiles[kNumTokenTiles - 1];
-
 struct FpxKernels {
   KernelFn gemm[kNumTokenTiles] = {};
   uint32_t stage_bytes[kNumTokenTiles] = {};  // shared memory per ring stage
