@@ -50,7 +50,11 @@ class FPxWeight(LogicalShape):
     def tree_unflatten(cls, aux, children):
         fmt, shape, group_size, version = aux
         if version != layout.LAYOUT_VERSION:
-            raise ValueError(f"FPxWeight packed with layout v{version}, this jax_fpx reads v{layout.LAYOUT_VERSION}")
+            raise ValueError(
+                f"FPxWeight packed with layout v{version}, this jax_fpx reads v{layout.LAYOUT_VERSION} (the packed "
+                "codes are not interchangeable): re-quantize the float weights with jax_fpx.quantize, or dequantize "
+                "with the jax_fpx that wrote them and quantize the result here"
+            )
         fmt, shape, group_size = _checked_metadata(fmt, shape, group_size)  # leaves here may be any object
         obj = object.__new__(cls)
         obj.data, obj.scale = children

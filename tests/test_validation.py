@@ -87,6 +87,8 @@ def test_unflatten_checks_metadata(w):
     aux = tree.node_data()[1]
     with pytest.raises(ValueError, match="multiple of 64"):
         FPxWeight.tree_unflatten((aux[0], aux[1], 32, aux[3]), leaves)
+    with pytest.raises(ValueError, match=r"layout v1, this jax_fpx reads v2.*re-quantize"):
+        FPxWeight.tree_unflatten((aux[0], aux[1], aux[2], 1), leaves)
 
 
 def test_split_k_beyond_k_blocks_rejected_before_launch(w):
