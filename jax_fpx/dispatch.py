@@ -26,8 +26,10 @@ __all__ = ["linear", "GPU_KERNEL_MAX_M", "cpu_kernel_max_m", "kernel_supports"]
 
 # Largest number of rows M (tokens) for which the CUDA decode kernel runs under impl="auto"; above
 # it the large-M path runs (CUDA dequantize + XLA dot). The kernel covers M <= 64 in one launch
-# (more rows: one launch per 64); its measurement against the other path names the value:
-# benchmarks/results/decode_h200.json (see benchmarks/KERNEL_NOTES.md, section 8).
+# (more rows: one launch per 64). Measured on an H100 (benchmarks/results/decode_h100_v2.json,
+# KERNEL_NOTES.md sections 3 and A.5): at M = 64 the kernel is 0.73-0.76x of XLA bf16 on the LLM
+# shapes, the dequantize + dot path 0.40-0.45x (A.5), so the kernel keeps M = 64; M > 64 is untested
+# for the v2 kernel against that path.
 GPU_KERNEL_MAX_M = 64
 
 # CPU, impl="auto": the C++ handler runs for M <= cpu_kernel_max_m(K * N), dequantize + XLA's

@@ -41,9 +41,9 @@ shift; shared windows counted once), plus one bf16x2 multiply per register on th
     format      bits   int/logic ops per 16 weights  per weight
     ==========  =====  ============================  ===========================
     fp6_e3m2    6      21.0                          1.31
-    fp6_e2m3    6      (see ``decode_ops``)
-    fp5_e2m2    5
-    fp4_e2m1    4
+    fp6_e2m3    6      26.5                          1.66
+    fp5_e2m2    5      26.5                          1.66
+    fp4_e2m1    4      22.0                          1.38
     ==========  =====  ============================  ===========================
 
 (``python jax_fpx/layout.py`` prints the table for every format.)

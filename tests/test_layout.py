@@ -1,6 +1,7 @@
 """Packed layout v2 (jax_fpx/layout.py): round trips, the register placement the kernels rely on,
 and an independent numpy dequantize fuzzed against the library's (hypothesis)."""
 
+import re
 import ml_dtypes
 import numpy as np
 import pytest
@@ -152,3 +153,13 @@ def test_fuzz_dequantize_and_linear_against_numpy(fmt, k, n, grouped, seed):
     got = np.asarray(jax.jit(jax_fpx.linear)(xb, w), np.float64)
     tol = 1e-2 * (np.abs(np.asarray(xb, np.float64)) @ np.abs(ref)) + 1e-30
     assert np.all(np.abs(got - want) <= tol)
+
+
+def test_docstring_op_table_matches_decode_ops():
+    """The op-count table at the top of layout.py is what decode_ops computes (one source)."""
+    rows = re.findall(r"^\s+fp(\d)_e(\d)m(\d)\s+(\d)\s+([\d.]+)\s+([\d.]+)\s*$", layout.__doc__, re.M)
+    assert len(rows) == 4
+    for total, e, m, bits, per16, per_weight in rows:
+        assert int(bits) == int(total) == 1 + int(e) + int(m)
+        assert float(per16) == layout.decode_ops(int(e), int(m))
+        assert float(per_weight) == round(layout.decode_ops(int(e), int(m)) / 16, 2)
