@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call on the H200 (issue 14): GPU tests, kernel check, compute-sanitizer, ncu, decode benchmark.
-# Usage: bash benchmarks/h200_run.sh MODE [decode_bench args]   MODE: check | quick | bench | ncu ; results under $OUT.
+# Usage: bash benchmarks/h200_run.sh MODE [python -m jax_fpx bench args]   MODE: check | quick | bench | ncu ;
+# results under $OUT. E.g. bench --batches 1,2,4,8,16,32,64 --methods xla_bf16,cublas_fp16,fp6_e3m2 --out $OUT
 # Uses a prebuilt extension in jax_fpx/ when one was carried (built off-device with the default 80;90
 # architectures), else builds for sm_90 here.
 set -u
@@ -35,7 +36,7 @@ if [ "$mode" = ncu ] || [ "$mode" = check ]; then
     --section Occupancy env XLA_PYTHON_CLIENT_PREALLOCATE=false python3 benchmarks/ncu_one.py 8192 28672 1 fp6_e3m2 > "$OUT/ncu_m1.txt" 2>&1
   grep -E "Duration|DRAM Throughput|Memory Throughput|Executed Ipc|Issue Slots|Registers Per|Warp Cycles Per Issued" "$OUT/ncu_m1.txt" | head -12
 fi
-if [ "$mode" = quick ]; then  # a kernel change: correctness subset + sanitizer + the decode benchmark's args
+if [ "$mode" = quick ]; then  # a kernel change: correctness subset + sanitizers, then the benchmark with the given args
   timeout 100 python3 benchmarks/kernel_check.py --small > "$OUT/kernel_check.log" 2>&1; echo "kernel_check rc=$?"
   grep -E "BAD|SUMMARY" "$OUT/kernel_check.log" | tail -5
   timeout 120 python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu_linear.py -k "stream_k or misaligned or batching" > "$OUT/gpu_tests.log" 2>&1
@@ -46,6 +47,6 @@ if [ "$mode" = quick ]; then  # a kernel change: correctness subset + sanitizer 
   grep -E "rel err|RACECHECK SUMMARY" "$OUT/racecheck.log" | tail -2
 fi
 if [ "$mode" = bench ] || [ "$mode" = quick ]; then
-  timeout ${BENCH_S:-530} python3 benchmarks/decode_bench.py "$@"
+  timeout ${BENCH_S:-530} python3 -m jax_fpx bench "$@"
 fi
 echo "total $(( $(date +%s) - t0 )) s"

@@ -17,9 +17,42 @@ def test_run_gemm_bench_smoke():
                                 stream_bytes=1 << 16, max_weights=2, log=None)
     assert {r["method"] for r in rows} == {"xla_bf16", "fp6_e3m2", "xla_int8"}
     for r in rows:
-        for key in ("method", "M", "K", "N", "us", "ratio_vs_xla_bf16", "weight_GBps", "device", "jax_version"):
+        for key in ("method", "M", "K", "N", "us", "ratio_vs_xla_bf16", "weight_GBps", "device", "jax_version",
+                    "call_overhead_us", "pct_read_floor"):
             assert key in r
-        assert r["us"] > 0
+        assert r["us"] > 0 and r["call_overhead_us"] > 0
+
+
+def test_chain_feeds_each_gemm_the_previous_output():
+    """The timed chain is dependent: its result is GEMM_L(...GEMM_1(x)) with resizes, not independent GEMMs."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    ws = [jax.random.normal(jax.random.key(i), (6, 4)) for i in range(3)]
+    chain, call_only = bench._chain_fns(lambda x, w: x @ w, 6)
+    x = jnp.arange(12.0).reshape(2, 6) / 10
+    want = x
+    for w in ws:
+        y = want @ w
+        want = jnp.concatenate([y, y], axis=1)[:, :6]
+    np.testing.assert_allclose(chain(x, ws), want, rtol=1e-5)
+    np.testing.assert_allclose(call_only(x, ws), x + 1)
+
+
+def test_cublas_rows_skip_without_torch_gpu():
+    logs = []
+    shapes, batches = bench.load_shapes(smoke=True)
+    rows = bench.run_gemm_bench(shapes[:1], batches[:1], ["xla_bf16", "cublas_fp16"], reps=1, warmup=1,
+                                stream_bytes=1 << 16, max_weights=2, log=logs.append)
+    try:
+        import torch
+
+        gpu = torch.cuda.is_available()
+    except ImportError:
+        gpu = False
+    assert any(r["method"] == "cublas_fp16" for r in rows) == gpu
+    assert gpu or any("cublas_fp16: skipped" in line for line in logs)
 
 
 def test_bench_cli_writes_json(tmp_path):

@@ -2,20 +2,27 @@
 
 ``python -m jax_fpx bench [--shapes FILE.json] [--smoke] [--methods ...] [--out DIR]``
 
-Each timed call applies the op to many *distinct* weight matrices (so weights stream from HBM,
-not from L2), takes the median of ``reps`` runs after ``warmup`` runs and reports per-matrix
-time. Rows: ``{method, M, K, N, us, ratio_vs_xla_bf16, weight_GBps, device, jax_version, ...}``.
+Each timed call runs a *dependent chain* over many distinct weight matrices (~2 GB, so weights
+stream from HBM, not from L2): every GEMM consumes the previous output (resized to K behind an
+optimization barrier), as layers do, so independent GEMMs cannot overlap and flatter the per-GEMM
+time. Per GEMM: (median chain call - median call of a no-work function with the same arguments) /
+chain length, after ``warmup`` runs; the subtracted part (dispatch, sync) is ``call_overhead_us``.
+Rows: ``{method, M, K, N, us, ratio_vs_xla_bf16, weight_GBps, pct_read_floor, device, ...}``;
+``pct_read_floor`` is of the card's measured HBM read bandwidth (:data:`READ_FLOOR_GBPS`).
 
 Methods: ``xla_bf16`` (bf16 weights, ``jnp.dot``), ``xla_fp8_e4m3`` / ``xla_int8`` (XLA weight-only
 baselines: stored 8-bit weights, ``astype(bf16)`` + dot + per-channel scale), and FPx formats by
 name (``fp6_e3m2``, ``fp6_e2m3``, ``fp5_e2m2``, ``fp4_e2m1``...) through ``jax_fpx.linear``
 (``impl="auto"``, what users get); suffix ``:kernel`` / ``:xla`` forces that implementation,
 ``:fallback`` times the large-M path (dequantize + XLA dot), ``:kernel:s4`` also forces split_k=4, ``fp6_e3m2@group128`` uses per-group scales.
+``cublas_fp16`` / ``cublas_bf16``: the same chain through torch (cuBLAS) captured in a CUDA graph and
+timed with CUDA events (GPU with torch only; skipped otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -31,8 +38,11 @@ from .timing import median_seconds
 __all__ = ["run_gemm_bench", "load_shapes", "plot_results", "main", "DEFAULT_METHODS"]
 
 DEFAULT_METHODS = ("xla_bf16", "fp6_e3m2", "fp6_e2m3", "fp5_e2m2", "fp4_e2m1", "xla_fp8_e4m3", "xla_int8")
-_STREAM_BYTES = 2 << 30  # weight bytes per timed call: >> the 50 MB L2, and amortizes the ~0.1 ms dispatch
+_STREAM_BYTES = 2 << 30  # weight bytes per timed call: >> the 50-60 MB L2
 _MAX_WEIGHTS = 64
+# Measured HBM read bandwidth (GB/s) by device kind: H200 from the team's kernel study, H100 SXM
+# from benchmarks/KERNEL_NOTES.md (A.1).
+READ_FLOOR_GBPS = {"NVIDIA H200": 4293.0, "NVIDIA H100 80GB HBM3": 2990.0}
 
 
 def load_shapes(path: Optional[str] = None, smoke: bool = False) -> tuple[list[dict], list[int]]:
@@ -98,6 +108,76 @@ def _make_weights(method: str, k: int, n: int, count: int, key) -> tuple[list, i
     return ws, nbytes, lambda x, w: linear(x, w, impl=impl, split_k=split_k)
 
 
+def _resize(y, k: int):
+    """[M, N] -> [M, K] by tiling/cutting (an elementwise-cost op between chained GEMMs)."""
+    reps = -(-k // y.shape[-1])
+    return jnp.tile(y, (1, reps))[:, :k] if reps > 1 else y[:, :k]
+
+
+def _chain_fns(apply, k: int):
+    """(chain, call_only): the jitted dependent chain over a list of weights, and a function with
+    the same arguments that does no work (its time is the fixed cost of one call)."""
+
+    @functools.partial(jax.jit, keep_unused=True)
+    def chain(x, ws):
+        y = x
+        for w in ws:
+            # the barrier keeps the resize out of the next GEMM's fusion (XLA would otherwise swap
+            # cuBLAS for a slower fused GEMM on the bf16 path)
+            y = jax.lax.optimization_barrier(_resize(apply(y, w), k))
+        return y
+
+    @functools.partial(jax.jit, keep_unused=True)
+    def call_only(x, ws):
+        return x + 1
+
+    return chain, call_only
+
+
+def _torch_chain_seconds(dtype_name: str, m: int, k: int, n: int, count: int, reps: int) -> Optional[float]:
+    """Per-GEMM seconds of the same chain through torch (cuBLAS) in a CUDA graph, CUDA-event
+    timed; None without torch or a CUDA device."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    dt = getattr(torch, dtype_name)
+    ws = [torch.randn(k, n, device="cuda", dtype=dt) * 0.02 for _ in range(count)]
+    x = torch.randn(m, k, device="cuda", dtype=dt)
+    reps_k = -(-k // n)
+
+    def chain():
+        y = x
+        for w in ws:
+            y = (y.repeat(1, reps_k)[:, :k] if reps_k > 1 else y[:, :k]) @ w
+        return y
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            chain()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        chain()
+    graph.replay()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b) * 1e-3)
+    del ws, graph
+    torch.cuda.empty_cache()
+    return float(np.median(ts)) / count
+
+
 def run_gemm_bench(
     shapes: Sequence[dict],
     batches: Iterable[int],
@@ -122,27 +202,39 @@ def run_gemm_bench(
     device, jv = _device_name(), jax.__version__
     rows: list[dict] = []
     key = jax.random.PRNGKey(seed)
+    floor = READ_FLOOR_GBPS.get(device)
     for shape in shapes:
         k, n = int(shape["K"]), int(shape["N"])
         sname = shape.get("name", f"{k}x{n}")
         for method in methods:
-            key, wk = jax.random.split(key)
             count = _weight_count(method, k, n, stream_bytes, max_weights)
+            meta = dict(device=device, jax_version=jv, shape=sname, n_weights=count, dtype=jnp.dtype(dtype).name)
+            if method.startswith("cublas_"):
+                for m in batches:
+                    torch_dtype = {"cublas_fp16": "float16", "cublas_bf16": "bfloat16"}[method]
+                    t = _torch_chain_seconds(torch_dtype, int(m), k, n, count, reps)
+                    if t is None:
+                        if log:
+                            log(f"{method}: skipped (needs torch and a CUDA GPU)")
+                        break
+                    rows.append(dict(method=method, M=int(m), K=k, N=n, us=t * 1e6, weight_GBps=2 * k * n / t / 1e9,
+                                     call_overhead_us=None, **meta))
+                continue
+            key, wk = jax.random.split(key)
             ws, nbytes, apply = _make_weights(method, k, n, count, wk)
-
-            def many(x, ws, apply=apply):
-                return [apply(x, w) for w in ws]
-
-            fn = jax.jit(many)
+            chain, call_only = _chain_fns(apply, k)
             for m in batches:
                 key, xk = jax.random.split(key)
                 x = jax.random.normal(xk, (m, k), jnp.float32).astype(dtype)
-                t = median_seconds(fn, x, ws, warmup=warmup, reps=reps) / count
-                row = dict(method=method, M=int(m), K=k, N=n, us=t * 1e6, weight_GBps=nbytes / t / 1e9,
-                           device=device, jax_version=jv, shape=sname, n_weights=count,
-                           dtype=jnp.dtype(dtype).name)
-                rows.append(row)
+                total = median_seconds(chain, x, ws, warmup=warmup, reps=reps)
+                fixed = median_seconds(call_only, x, ws, warmup=warmup, reps=reps)
+                t = max(total - fixed, 1e-9) / count
+                rows.append(dict(method=method, M=int(m), K=k, N=n, us=t * 1e6, weight_GBps=nbytes / t / 1e9,
+                                 call_overhead_us=fixed * 1e6, **meta))
             del ws
+        for r in rows:
+            if r["K"] == k and r["N"] == n:
+                r["pct_read_floor"] = 100 * r["weight_GBps"] / floor if floor else None
         base = {(r["M"]): r["us"] for r in rows if r["method"] == "xla_bf16" and r["K"] == k and r["N"] == n}
         for r in rows:
             if r["K"] == k and r["N"] == n:
@@ -162,7 +254,7 @@ def _weight_count(method: str, k: int, n: int, stream_bytes: int = _STREAM_BYTES
 
 
 def _bytes_estimate(method: str, k: int, n: int) -> int:
-    if method == "xla_bf16":
+    if method in ("xla_bf16", "cublas_fp16", "cublas_bf16"):
         return 2 * k * n
     if method.startswith("xla_"):
         return k * n
