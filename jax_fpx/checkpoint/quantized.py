@@ -142,6 +142,18 @@ def _check_layout_version(version: Any, where: str) -> None:
         )
 
 
+def _target_records(where: Any, records: Mapping[str, Any], target: Any) -> Optional[dict]:
+    """The restore target flattened to ``{name: leaf}`` (None without one); every one of its
+    parameters must be in the checkpoint's ``records``."""
+    if target is None:
+        return None
+    tflat = flatten_params(target)
+    missing = sorted(set(tflat) - set(records))
+    if missing:
+        raise CheckpointError(f"{where}: the restore target has parameter(s) the checkpoint lacks: {missing[:5]}")
+    return tflat
+
+
 def _check_against_target(name: str, rec: dict, target: Optional[Mapping[str, Any]]) -> None:
     if target is None or name not in target:
         return
@@ -266,11 +278,7 @@ def load_quantized(
     try:
         meta = read_metadata(src)
         records = meta["params"]
-        tflat = flatten_params(target) if target is not None else None
-        if tflat is not None:
-            missing = sorted(set(tflat) - set(records))
-            if missing:
-                raise CheckpointError(f"{src.path}: the restore target has parameter(s) the checkpoint lacks: {missing[:5]}")
+        tflat = _target_records(src.path, records, target)
         out = {}
         for name, rec in tqdm(records.items(), desc="load", unit="tensor", leave=False, disable=not progress):
             _check_against_target(name, rec, tflat)
@@ -357,11 +365,7 @@ def restore_orbax(path: Union[str, os.PathLike], target: Any = None, *, verify: 
         raise CheckpointError(f"{path}: not a jax_fpx Orbax checkpoint")
     _check_layout_version(meta.get("layout_version"), path)
     records = meta["params"]
-    tflat = flatten_params(target) if target is not None else None
-    if tflat is not None:
-        missing = sorted(set(tflat) - set(records))
-        if missing:
-            raise CheckpointError(f"{path}: the restore target has parameter(s) the checkpoint lacks: {missing[:5]}")
+    tflat = _target_records(path, records, target)
     for name, rec in records.items():
         _check_against_target(name, rec, tflat)
     raw = ck.restore(path, args=ocp.args.Composite(params=ocp.args.StandardRestore()))["params"]

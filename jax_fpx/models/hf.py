@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..checkpoint.quantized import is_quantized_checkpoint, load_quantized
+from ..checkpoint.quantized import is_quantized_checkpoint, load_quantized, unflatten_params
 from ..checkpoint.safetensors_io import CheckpointError, TensorDir
 from ..flax.rules import QuantRule, as_rules, default_rules, match_rule
 from ..quantize import quantize
@@ -140,17 +140,6 @@ def _prepare(w, *, transpose: bool, dtype: str):
     return w.astype(dtype)
 
 
-def _unflatten(flat: dict) -> dict:
-    out: dict = {}
-    for name, leaf in flat.items():
-        node = out
-        parts = name.split("/")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = leaf
-    return out
-
-
 def load(
     model_dir: Union[str, os.PathLike],
     *,
@@ -242,7 +231,7 @@ def load(
         src.close()
     if stats is not None:
         stats.update(tensors=len(out), host_peak_tensor_bytes=host_peak, device_live_peak_bytes=live_peak)
-    return cfg, _unflatten(out)
+    return cfg, unflatten_params(out)
 
 
 def _live_bytes() -> int:
