@@ -23,9 +23,9 @@ from jax_fpx.models.calibration_text import CALIBRATION_TEXT, passages, tokenize
 # e2m1 0.95339 -> 0.98199; e2m3 and e2m1 stay below the issue's targets (open). Floors = measured level.
 ISSUE_TARGETS = {"fp6_e3m2": 0.997, "fp6_e2m3": 0.999, "fp5_e2m2": 0.995, "fp4_e2m1": 0.985}
 FLOORS = {"fp6_e3m2": 0.9965, "fp6_e2m3": 0.9984, "fp5_e2m2": 0.995, "fp4_e2m1": 0.980}
-# ~1-3 min per format on 2 CPU cores: by default the two ends (fp5 meets its target, fp4 does not);
-# JAX_FPX_GPTQ_ALL=1 runs all four (the notebook's small mode also runs fp6_e3m2).
-RUN = list(FLOORS) if os.environ.get("JAX_FPX_GPTQ_ALL") == "1" else ["fp5_e2m2", "fp4_e2m1"]
+# ~1 min per format on 2 CPU cores: by default the format whose target is met (fp5_e2m2);
+# JAX_FPX_GPTQ_ALL=1 runs all four (the accuracy notebook's small mode runs fp6_e3m2).
+RUN = list(FLOORS) if os.environ.get("JAX_FPX_GPTQ_ALL") == "1" else ["fp5_e2m2"]
 OPTIONS = jax_fpx.GPTQ(act_order=True, scale_search=True)
 
 
