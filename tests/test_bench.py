@@ -80,3 +80,14 @@ def test_tp_gemm_bench_on_two_fake_cpu_devices(tmp_path):
         # add in another order (|y| is O(1..10) here, a wrong shard would be off by that much)
         limit = 0.0 if r["mode"] == "column" else 0.25
         assert r["max_abs_diff_vs_one_device"] <= limit, r
+
+
+def test_cli_names_the_extra_when_flax_is_missing(monkeypatch, capsys):
+    """A bare `pip install jax_fpx` has no Flax: the demo says which extra to install; bench needs none."""
+    import jax_fpx.cli as cli
+
+    real = cli.importlib.util.find_spec
+    monkeypatch.setattr(cli.importlib.util, "find_spec", lambda name, *a: None if name == "flax" else real(name, *a))
+    assert cli.main([]) == 2 and cli.main(["generate", "--help"]) == 2
+    assert "pip install 'jax_fpx[examples]'" in capsys.readouterr().err
+    assert cli._missing("bench") == []

@@ -8,16 +8,30 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
+
+# Packages beyond the core's (jax, numpy, ml_dtypes, tqdm) that each command imports: all in the
+# ``examples`` extra. ``bench`` needs none.
+_NEEDS = {"demo": ("flax", "safetensors", "tokenizers"), "quantize": ("flax", "safetensors", "tokenizers"),
+          "generate": ("flax", "safetensors", "tokenizers")}
+
+
+def _missing(command: str) -> list[str]:
+    return [m for m in _NEEDS.get(command, ()) if importlib.util.find_spec(m) is None]
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("quantize", "generate"):
-        import importlib
-
-        return importlib.import_module(f"{__name__}.{argv[0]}").main(argv[1:])
-    if argv and argv[0] == "bench":
+    command = argv[0] if argv and argv[0] in ("quantize", "generate", "bench") else "demo"
+    missing = _missing(command)
+    if missing:
+        what = "python -m jax_fpx" + ("" if command == "demo" else f" {command}")
+        print(f"{what} needs {', '.join(missing)}: pip install 'jax_fpx[examples]'", file=sys.stderr)
+        return 2
+    if command in ("quantize", "generate"):
+        return importlib.import_module(f"{__name__}.{command}").main(argv[1:])
+    if command == "bench":
         from .bench import main as bench_main
 
         return bench_main(argv[1:])
