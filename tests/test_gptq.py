@@ -188,3 +188,18 @@ def test_errors():
         GPTQ(damp=0)
     q = quantize_gptq(w, h, "fp6_e3m2", options=GPTQ(act_order=True), damp=0.05)
     assert isinstance(q, jax_fpx.FPxWeight)
+
+
+@pytest.mark.parametrize("fmt", ["fp4_e2m1", "fp6_e3m2"])
+def test_refit_scales_keeps_codes_and_lowers_each_channels_error(fmt):
+    w, h, _ = _problem(192, 40, seed=5)
+    a = quantize_gptq(w, h, fmt, act_order=True)
+    b = quantize_gptq(w, h, fmt, act_order=True, refit_scales=True)
+    np.testing.assert_array_equal(np.asarray(a.data), np.asarray(b.data))
+    assert not np.array_equal(np.asarray(a.scale), np.asarray(b.scale))
+    err = lambda q: (lambda d: np.sum((h @ d) * d, axis=0))(np.asarray(jax_fpx.dequantize(q), np.float64) - w)
+    ea, eb = err(a), err(b)
+    assert np.all(eb <= ea * (1 + 1e-5)) and eb.sum() < ea.sum()
+    # group scales are left as they are
+    g = quantize_gptq(w, h, fmt, group_size=64, refit_scales=True)
+    np.testing.assert_array_equal(np.asarray(g.scale), np.asarray(quantize_gptq(w, h, fmt, group_size=64).scale))
