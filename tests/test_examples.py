@@ -64,9 +64,8 @@ def test_llama_cli_writes_json(tmp_path):
 
 
 # thresholds from issue 6 (an independent per-channel round-to-nearest run on ~20 sentences)
-MINILM_MIN = {
+MINILM_MIN = {  # fp6_e2m3 per channel (0.9975 when last run) is left to the accuracy notebook: CI time
     ("fp6_e3m2", None): 0.9944,
-    ("fp6_e2m3", None): 0.9975,
     ("fp5_e2m2", None): 0.990,
     ("fp4_e2m1", None): 0.958,
     ("fp6_e2m3", 64): 0.998,

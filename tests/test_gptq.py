@@ -112,7 +112,7 @@ def test_matches_numpy_reference(fmt, group_size, act_order):
 
 def test_diagonal_hessian_is_plain_quantize():
     rng = np.random.RandomState(1)
-    for k, n, g in [(200, 70, None), (256, 48, 64), (130, 33, 128)]:
+    for k, n, g in [(200, 70, None), (130, 33, 128)]:
         w = rng.randn(k, n).astype(np.float32)
         h = np.diag(rng.uniform(0.1, 2, k)).astype(np.float32)
         for fmt in ["fp6_e3m2", "fp4_e2m1"]:
