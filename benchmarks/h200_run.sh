@@ -17,7 +17,7 @@ fi
 python3 -c "import jax, jax_fpx._ffi as f; print(jax.__version__, jax.devices(), 'cuda built', f.cuda_built())"
 echo "setup $(( $(date +%s) - t0 )) s"
 if [ "$mode" = check ]; then
-  timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu_linear.py tests/test_fallback.py > "$OUT/gpu_tests.log" 2>&1
+  timeout 300 python3 -m pytest -q -x -p no:cacheprovider tests/test_gpu_linear.py tests/test_fallback.py > "$OUT/gpu_tests.log" 2>&1
   tail -3 "$OUT/gpu_tests.log"; echo "tests $(( $(date +%s) - t0 )) s"
   timeout 100 python3 benchmarks/kernel_check.py > "$OUT/kernel_check.log" 2>&1; echo "kernel_check rc=$?"
   grep -E "BAD|SUMMARY" "$OUT/kernel_check.log" | tail -5; echo "check $(( $(date +%s) - t0 )) s"
