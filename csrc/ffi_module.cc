@@ -40,7 +40,6 @@ NB_MODULE(_jax_fpx, m) {
   m.def("layout_version", []() { return jax_fpx::kLayoutVersion; });
   // float32 workspace elements the CUDA GEMM handler needs for `rows` folded tokens.
   m.def("kernel_workspace_elems", [](int64_t rows) { return jax_fpx::cuda::WorkspaceElems(rows); });
-  m.def("kernel_max_rows", []() { return jax_fpx::cuda::kMaxKernelRows; });
   // {"cpu": [(ebits, mbits), ...], "cuda": [...]}: formats each platform's GEMM handler runs
   // ("cuda" only in CUDA builds; there the other formats go through dequantize + XLA dot).
   m.def("kernel_formats", []() {

@@ -11,14 +11,14 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-# Packages beyond the core's (jax, numpy, ml_dtypes, tqdm) that each command imports: all in the
-# ``examples`` extra. ``bench`` needs none.
-_NEEDS = {"demo": ("flax", "safetensors", "tokenizers"), "quantize": ("flax", "safetensors", "tokenizers"),
-          "generate": ("flax", "safetensors", "tokenizers")}
+# Packages beyond the core's (jax, numpy, ml_dtypes, tqdm) that the model commands (demo, quantize,
+# generate) import: the ``examples`` extra. ``bench`` needs none.
+_EXAMPLES_EXTRA = ("flax", "safetensors", "tokenizers")
 
 
 def _missing(command: str) -> list[str]:
-    return [m for m in _NEEDS.get(command, ()) if importlib.util.find_spec(m) is None]
+    needs = () if command == "bench" else _EXAMPLES_EXTRA
+    return [m for m in needs if importlib.util.find_spec(m) is None]
 
 
 def main(argv: list[str] | None = None) -> int:

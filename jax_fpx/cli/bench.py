@@ -217,8 +217,8 @@ def run_gemm_bench(
                         if log:
                             log(f"{method}: skipped (needs torch and a CUDA GPU)")
                         break
-                    rows.append(dict(method=method, M=int(m), K=k, N=n, us=t * 1e6, weight_GBps=2 * k * n / t / 1e9,
-                                     call_overhead_us=None, **meta))
+                    rows.append(dict(method=method, M=int(m), K=k, N=n, us=t * 1e6,
+                                     weight_GBps=_bytes_estimate(method, k, n) / t / 1e9, call_overhead_us=None, **meta))
                 continue
             key, wk = jax.random.split(key)
             ws, nbytes, apply = _make_weights(method, k, n, count, wk)
